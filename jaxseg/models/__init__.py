@@ -1,0 +1,68 @@
+"""The model zoo: one explicit dict from config name to Linen module constructor."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from jaxseg.models.fcn import FCN
+from jaxseg.models.unet import UNet, unet_output_size, unet_sizes, unet_valid_input_sizes
+
+MODELS = {
+    "fcn32s": functools.partial(FCN, output_stride=32),
+    "fcn16s": functools.partial(FCN, output_stride=16),
+    "fcn8s": functools.partial(FCN, output_stride=8),
+    # The paper's network: valid convs, 64..1024 channels, output smaller than input.
+    "unet": functools.partial(UNet, padding="VALID"),
+    # Same-size output for any multiple-of-2**depth input; width, depth, BN, upsampling free.
+    "unet_padded": functools.partial(UNet, padding="SAME"),
+}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
+    """Builds `MODELS[model_config.name]` with the remaining fields as module attributes.
+
+    `model_config.dtype`, if present, is a string ("float32" or "bfloat16"). Unknown model names
+    and fields the chosen module does not have raise ValueError naming the valid ones.
+    """
+    cfg = dict(model_config)
+    name = cfg.pop("name")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {sorted(MODELS)}")
+    ctor = MODELS[name]
+    fields = {f.name for f in dataclasses.fields(ctor.func) if f.init} - {"parent", "name"}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+        raise ValueError(
+            f"model {name!r} has no field(s) {unknown}; its fields are {sorted(fields)}"
+        )
+    if "dtype" in cfg:
+        if cfg["dtype"] not in _DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg['dtype']!r}")
+        cfg["dtype"] = _DTYPES[cfg["dtype"]]
+    return ctor(**cfg)
+
+
+def output_size(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size of the logits for an input of size input_hw (smaller for a valid U-Net)."""
+    if isinstance(model, UNet) and model.padding == "VALID":
+        return unet_output_size(input_hw[0], model.depth), unet_output_size(input_hw[1], model.depth)
+    return tuple(input_hw)
+
+
+__all__ = [
+    "FCN",
+    "MODELS",
+    "UNet",
+    "build_model",
+    "output_size",
+    "unet_output_size",
+    "unet_sizes",
+    "unet_valid_input_sizes",
+]

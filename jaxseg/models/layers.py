@@ -1,0 +1,193 @@
+"""Building blocks shared by FCN and U-Net, written for fast gradients on every backend.
+
+XLA:CPU differentiates two common ops very slowly: `reduce_window` max-pooling (its gradient is a
+`select_and_scatter`) and 2x2 stride-2 transposed convolutions (a dilated convolution in the
+backward pass). The functions here compute the same mathematics with reshapes, strided slices and
+matmuls, whose gradients are cheap everywhere. `tests/test_layers.py` proves each one equal, in
+outputs and gradients, to the straightforward flax/lax formulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+
+def max_pool_2x2(x: Array, *, ceil_mode: bool = False) -> Array:
+    """2x2 max-pooling with stride 2.
+
+    Args:
+      x: [N, H, W, C].
+      ceil_mode: Caffe's rounding (as in the FCN reference release): an odd trailing row/column
+        forms a window of its own. With False (floor), it is dropped, as in `nn.max_pool`.
+
+    Returns:
+      [N, H', W', C] with H' = ceil(H / 2) or floor(H / 2).
+    """
+    n, h, w, c = x.shape
+    if ceil_mode and (h % 2 or w % 2):
+        # Caffe's partial windows only see real pixels: padding with the lowest value is the same.
+        low = jnp.finfo(x.dtype).min if jnp.issubdtype(x.dtype, jnp.floating) else 0
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=low)
+    else:
+        x = x[:, : h - h % 2, : w - w % 2, :]
+    n, h, w, c = x.shape
+    # A reshape + max over the window axes: its gradient is an elementwise select, not XLA's
+    # slow select-and-scatter. Ties (rare for float activations) share the gradient equally.
+    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def depth_to_space_2x2(x: Array) -> Array:
+    """[N, H, W, 2, 2, C] (a 2x2 block per pixel) -> [N, 2H, 2W, C]."""
+    n, h, w, _, _, c = x.shape
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
+
+
+class UpConv2x2(nn.Module):
+    """The U-Net paper's "2x2 up-convolution": a stride-2 transposed conv with a 2x2 kernel.
+
+    With kernel size equal to stride the output blocks do not overlap, so the op is one matmul
+    ([N*H*W, C_in] x [C_in, 4*C_out]) followed by depth-to-space. Parameters have the shapes of
+    `nn.ConvTranspose(features, (2, 2), strides=(2, 2))`: kernel [2, 2, C_in, C_out], bias [C_out],
+    and the same values give the same outputs.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [N, H, W, C_in] -> [N, 2H, 2W, features]."""
+        kernel = self.param(
+            "kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        # nn.ConvTranspose (transpose_kernel=False) writes x[h, w] * kernel[1 - i, 1 - j] to output
+        # pixel (2h + i, 2w + j); flipping here keeps checkpoints interchangeable with it.
+        y = jnp.einsum("nhwc,ijcd->nhwijd", x, kernel[::-1, ::-1])
+        y = depth_to_space_2x2(y)
+        return y if bias is None else y + bias
+
+
+def bilinear_kernel_1d(size: int) -> np.ndarray:
+    """The 1-D bilinear interpolation filter of the FCN reference release (`upsample_filt`).
+
+    A transposed convolution with stride s and this filter of size 2s (outer product with itself
+    in 2-D) is bilinear upsampling by s.
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    return (1 - np.abs(np.arange(size) - center) / factor).astype(np.float32)
+
+
+def bilinear_kernel_init(key, shape, dtype=jnp.float32):
+    """Initialiser for a [k, k, C, C] transposed-conv kernel: bilinear on the diagonal, 0 off it.
+
+    Each class channel is upsampled on its own, as in the reference release's surgery.
+    """
+    del key
+    k, k2, c_in, c_out = shape
+    if k != k2 or c_in != c_out:
+        raise ValueError(f"bilinear init needs a square kernel and C_in == C_out, got {shape}")
+    f = bilinear_kernel_1d(k)
+    kernel = np.zeros(shape, np.float32)
+    kernel[:, :, np.arange(c_in), np.arange(c_in)] = np.outer(f, f)[:, :, None]
+    return jnp.asarray(kernel, dtype)
+
+
+def upsampling_matrix(n_in: int, factor: int, kernel_size: int) -> np.ndarray:
+    """[n_out, n_in] matrix of a 1-D stride-`factor` transposed conv with the bilinear filter.
+
+    n_out = (n_in - 1) * factor + kernel_size: the full ("VALID") output of Caffe's Deconvolution.
+    """
+    f = bilinear_kernel_1d(kernel_size)
+    n_out = (n_in - 1) * factor + kernel_size
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_in):
+        m[i * factor : i * factor + kernel_size, i] = f
+    return m
+
+
+class BilinearUpsample(nn.Module):
+    """FCN's in-network upsampling: a transposed conv initialised to bilinear interpolation.
+
+    Output is the full transposed-conv output, (H - 1) * factor + 2 * factor per side (Caffe's
+    Deconvolution with kernel 2 * factor, no padding); callers crop. Frozen (the FCN paper's
+    final upsampling is fixed) it has no parameters and runs as two small matmuls, since the
+    bilinear kernel is separable and acts on each channel alone. Learnable, it is a bias-free
+    [2f, 2f, C, C] `nn.ConvTranspose` starting from the same kernel (so both agree at init).
+    """
+
+    factor: int
+    learnable: bool = False
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [N, H, W, C] -> [N, (H-1)*factor + 2*factor, (W-1)*factor + 2*factor, C]."""
+        k = 2 * self.factor
+        if self.learnable:
+            return nn.ConvTranspose(
+                x.shape[-1],
+                (k, k),
+                strides=(self.factor, self.factor),
+                padding="VALID",
+                use_bias=False,
+                kernel_init=bilinear_kernel_init,
+                dtype=self.dtype,
+                name="deconv",
+            )(x)
+        uh = jnp.asarray(upsampling_matrix(x.shape[1], self.factor, k), x.dtype)
+        uw = jnp.asarray(upsampling_matrix(x.shape[2], self.factor, k), x.dtype)
+        return jnp.einsum("yi,xj,nijc->nyxc", uh, uw, x)
+
+
+def bilinear_resize_2x(x: Array) -> Array:
+    """Bilinear 2x upsampling with half-pixel centres (`jax.image.resize(..., "bilinear")`).
+
+    Written as two [2H, H] / [2W, W] matmuls (edge-clamped), whose gradients are fast on CPU.
+    """
+
+    def matrix(n: int) -> np.ndarray:
+        m = np.zeros((2 * n, n), np.float32)
+        for o in range(2 * n):
+            src = (o + 0.5) / 2 - 0.5
+            lo = int(np.floor(src))
+            t = src - lo
+            m[o, min(max(lo, 0), n - 1)] += 1 - t
+            m[o, min(max(lo + 1, 0), n - 1)] += t
+        return m
+
+    uh = jnp.asarray(matrix(x.shape[1]), x.dtype)
+    uw = jnp.asarray(matrix(x.shape[2]), x.dtype)
+    return jnp.einsum("yi,xj,nijc->nyxc", uh, uw, x)
+
+
+def crop(x: Array, offset_h: int, offset_w: int, height: int, width: int) -> Array:
+    """x[:, oh:oh+height, ow:ow+width, :], checking the window fits (Caffe's Crop layer)."""
+    if offset_h + height > x.shape[1] or offset_w + width > x.shape[2]:
+        raise ValueError(
+            f"crop window {(offset_h, offset_w, height, width)} exceeds feature map {x.shape}"
+        )
+    return x[:, offset_h : offset_h + height, offset_w : offset_w + width, :]
+
+
+def center_crop(x: Array, height: int, width: int) -> Array:
+    """Crops the centre [height, width] of x: [N, H, W, C] (U-Net's crop-and-copy)."""
+    return crop(x, (x.shape[1] - height) // 2, (x.shape[2] - width) // 2, height, width)

@@ -1,0 +1,162 @@
+"""Models: the papers' parameter counts and sizes, the model dict, and real forward passes."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxseg.models import (
+    MODELS,
+    build_model,
+    output_size,
+    unet_output_size,
+    unet_sizes,
+    unet_valid_input_sizes,
+)
+
+
+def _abstract(model, shape):
+    """(abstract variables, abstract logits) without allocating the model."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    return variables, logits
+
+
+def _count(tree):
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize(
+    "name, learnable, expected",
+    [
+        ("fcn32s", False, 134_346_581),
+        ("fcn16s", False, 134_357_354),
+        ("fcn8s", False, 134_362_751),
+        ("fcn8s", True, 134_489_759),
+    ],
+)
+def test_fcn_parameter_counts_match_reference(name, learnable, expected):
+    model = MODELS[name](num_classes=21, learnable_upsampling=learnable)
+    variables, _ = _abstract(model, (1, 64, 64, 3))
+    assert _count(variables["params"]) == expected
+
+
+def test_fcn_layer_names_follow_vgg16_and_reference_release():
+    variables, _ = _abstract(MODELS["fcn8s"](learnable_upsampling=True), (1, 64, 64, 3))
+    params = variables["params"]
+    assert sorted(params["backbone"]) == sorted(
+        [f"conv{b}_{i}" for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
+        + ["fc6", "fc7"]
+    )
+    assert params["backbone"]["fc6"]["kernel"].shape == (7, 7, 512, 4096)
+    assert params["backbone"]["fc7"]["kernel"].shape == (1, 1, 4096, 4096)
+    assert {"score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4"} <= set(params)
+    assert params["upscore8"]["deconv"]["kernel"].shape == (16, 16, 21, 21)
+
+
+def test_unet_parameter_count_matches_paper():
+    variables, logits = _abstract(MODELS["unet"](num_classes=2), (1, 572, 572, 1))
+    assert _count(variables["params"]) == 31_030_658
+    assert logits.shape == (1, 388, 388, 2)
+
+
+def test_unet_sizes_follow_paper_figure_1():
+    sizes = unet_sizes(572)
+    assert sizes["down"] == [570, 568, 284, 282, 280, 140, 138, 136, 68, 66, 64, 32, 30, 28]
+    assert sizes["up"] == [56, 54, 52, 104, 102, 100, 200, 198, 196, 392, 390, 388]
+    assert unet_output_size(572) == 388
+    valid = unet_valid_input_sizes(700)
+    assert 572 in valid and 570 not in valid
+    assert all(b - a == 16 for a, b in zip(valid, valid[1:]))
+    with pytest.raises(ValueError, match=r"odd size.*nearest valid sizes: \[556, 572\]"):
+        unet_sizes(570)
+    with pytest.raises(ValueError, match=r"too small.*\[188\]"):
+        unet_sizes(92)
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s"])
+@pytest.mark.parametrize("alignment", ["reference", "padded"])
+@pytest.mark.parametrize("learnable", [False, True])
+def test_fcn_logits_at_input_size_for_odd_sizes(name, alignment, learnable):
+    model = MODELS[name](num_classes=5, alignment=alignment, learnable_upsampling=learnable)
+    _, logits = _abstract(model, (2, 37, 53, 3))
+    assert logits.shape == (2, 37, 53, 5) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (48, 80), (64, 32)])
+def test_padded_unet_keeps_size(hw):
+    model = MODELS["unet_padded"](num_classes=3, base_width=4, depth=4, use_batchnorm=True)
+    _, logits = _abstract(model, (1, *hw, 1))
+    assert logits.shape == (1, *hw, 3)
+    assert output_size(model, hw) == hw
+
+
+def test_padded_unet_rejects_non_multiple_sizes():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _abstract(MODELS["unet_padded"](num_classes=2, base_width=4), (1, 40, 40, 1))
+
+
+def test_valid_unet_real_forward_gives_paper_size():
+    """A narrow (width 2) paper U-Net really runs on 572 x 572 and returns 388 x 388."""
+    model = MODELS["unet"](num_classes=2, base_width=2)
+    x = jax.random.normal(jax.random.key(0), (1, 572, 572, 1))
+    variables = model.init(jax.random.key(1), x[:, :188, :188], train=False)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    assert logits.shape == (1, 388, 388, 2)
+    assert output_size(model, (572, 572)) == (388, 388)
+    assert np.isfinite(np.asarray(logits)).all() and float(jnp.std(logits)) > 0
+
+
+@pytest.mark.parametrize("upsampling", ["transpose", "bilinear"])
+def test_padded_unet_trains_with_batchnorm_and_dropout(upsampling):
+    model = MODELS["unet_padded"](
+        num_classes=3, base_width=4, depth=2, use_batchnorm=True, upsampling=upsampling
+    )
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    variables = model.init(jax.random.key(1), x, train=False)
+    logits, updates = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+    )
+    assert logits.shape == (2, 16, 16, 3)
+    changed = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"]
+    )
+    assert all(jax.tree.leaves(changed))
+
+
+def test_unet_bilinear_branch_equals_resize_then_conv():
+    """The bilinear decoder convolves before resizing; that equals resize-then-conv exactly."""
+    model = MODELS["unet_padded"](num_classes=2, base_width=4, depth=1, upsampling="bilinear")
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 1))
+    variables = model.init(jax.random.key(1), x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=True)
+    inter = state["intermediates"]
+    bottom = inter["bottom"]["__call__"][0]
+    conv = variables["params"]["upconv1"]
+    resized = jax.image.resize(bottom, (1, 8, 8, bottom.shape[-1]), "bilinear")
+    expected = jnp.einsum("nhwc,cd->nhwd", resized, conv["kernel"][0, 0]) + conv["bias"]
+    got = inter["upconv1"]["__call__"][0]
+    # The module's capture is the 1x1 conv output before its resize; resize it the same way.
+    got = jax.image.resize(got, (1, 8, 8, got.shape[-1]), "bilinear")
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_build_model_names_valid_choices():
+    model = build_model(ml_collections.ConfigDict({"name": "fcn8s", "num_classes": 6}))
+    assert model.output_stride == 8 and model.num_classes == 6
+    bf16 = build_model({"name": "unet_padded", "num_classes": 2, "dtype": "bfloat16"})
+    assert bf16.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="valid models: .*fcn8s.*unet"):
+        build_model({"name": "segnet", "num_classes": 2})
+    with pytest.raises(ValueError, match="no field.*'widht'"):
+        build_model({"name": "unet", "num_classes": 2, "widht": 3})
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_in_dict_builds_and_maps_shapes(name):
+    model = build_model({"name": name, "num_classes": 4})
+    hw = (188, 188) if name == "unet" else (64, 64)
+    _, logits = _abstract(model, (1, *hw, 3))
+    assert logits.shape == (1, *output_size(model, hw), 4)
