@@ -1,0 +1,440 @@
+"""Checkpoints, the run's config.json, and preemption handling.
+
+Workdir layout written here:
+  <workdir>/config.json                  the resolved config (older differing ones are kept as
+                                         config.<timestamp>.json)
+  <workdir>/checkpoints/<step>/state     the train-state pytree (orbax StandardSave, tensorstore)
+  <workdir>/checkpoints/<step>/extra     a small JSON dict (input-pipeline position, ...)
+  <workdir>/checkpoints/<step>/metrics   JSON metrics used to rank checkpoints (if given)
+
+Crash safety comes from orbax: a step is written to `<step>.orbax-checkpoint-tmp` and renamed to
+`<step>` only once complete, so a process killed mid-save leaves the previous complete step as
+the latest one; leftover tmp directories are never listed as steps and are deleted by the next
+`Checkpointer` before its first save. (On object stores without atomic rename orbax marks
+completion with a commit file instead; the same guarantee holds.)
+"""
+
+import datetime
+import json
+import math
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers
+
+CONFIG_FILENAME = "config.json"
+CHECKPOINT_DIRNAME = "checkpoints"
+_STATE, _EXTRA = "state", "extra"
+_MAX_LISTED = 10  # Differences listed per category in a tree-mismatch error.
+
+
+class Checkpointer:
+    """Asynchronous orbax checkpoints of (train state, JSON extra) in `<workdir>/checkpoints`.
+
+    Retention: the latest `max_to_keep` checkpoints plus the single best one by
+    `metrics[best_metric]` (higher is better), even if it is older than those. Checkpoints saved
+    without metrics never count as best, so they are kept only while among the latest
+    `max_to_keep`. (orbax's `LatestN` OR `BestN(n=1)` preservation policies.)
+
+    Multi-process: every process must call `save`/`restore` with the same step (they contain
+    barriers). Each process writes its own shards of the state; `extra` and `metrics` are written
+    by process 0 only, so they must be identical on all processes.
+
+    Usage:
+      ckpt = Checkpointer(workdir, max_to_keep=3)
+      if ckpt.latest_step() is not None:
+          state, extra = ckpt.restore(abstract_state_with_shardings)
+      ...
+      ckpt.save(step, state, {"step": step, "data": ...}, metrics={"miou": 0.61})
+      ckpt.close()  # waits for the last asynchronous save
+    """
+
+    def __init__(
+        self,
+        workdir: str | epath.PathLike,
+        *,
+        max_to_keep: int = 3,
+        best_metric: str = "miou",
+        save_every_steps: int = 1,
+        read_only: bool = False,
+    ):
+        """Opens (creating unless `read_only`) `<workdir>/checkpoints`.
+
+        Args:
+          workdir: run directory (local path or any path etils.epath understands, e.g. gs://).
+          max_to_keep: number of most recent checkpoints kept, >= 1.
+          best_metric: key of the `metrics` dict that ranks checkpoints, higher is better.
+          save_every_steps: `save` without `force` writes only at multiples of this step count.
+          read_only: open for restore only (e.g. evaluation): never creates or deletes anything.
+        """
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
+        if save_every_steps < 1:
+            raise ValueError(f"save_every_steps must be >= 1, got {save_every_steps}.")
+        self.directory = epath.Path(workdir) / CHECKPOINT_DIRNAME
+        self.best_metric = best_metric
+
+        def metric_of(metrics: Mapping[str, Any]) -> float:
+            return float(metrics[best_metric])
+
+        options = ocp.CheckpointManagerOptions(
+            # read_only implies save_interval_steps=0; saying so avoids orbax's warning.
+            save_interval_steps=0 if read_only else save_every_steps,
+            # Only the interval: orbax's default policy would also save the first step of a
+            # run whatever its number; preemption saves are explicit (`force=True`).
+            save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every_steps),
+            best_fn=metric_of,  # Makes orbax write the metrics and answer best_step().
+            best_mode="max",
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(
+                [
+                    checkpoint_managers.LatestN(n=max_to_keep),
+                    checkpoint_managers.BestN(
+                        get_metric_fn=metric_of,
+                        reverse=False,  # Ascending sort, keep the last one: higher is better.
+                        n=1,
+                        keep_checkpoints_without_metrics=False,
+                    ),
+                ]
+            ),
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                _STATE: ocp.StandardCheckpointHandler(),
+                _EXTRA: ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        extra: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Starts an asynchronous save of `state` and `extra` as checkpoint `step`.
+
+        Returns once the arrays are copied off the devices, so `state` may be donated to the
+        next train step right away; the write to disk continues in the background (see
+        `wait_until_finished`).
+
+        Args:
+          step: the training step this state has reached (the checkpoint's name).
+          state: any pytree of jax.Arrays / numpy arrays / Python scalars (the TrainState).
+          extra: JSON-serialisable dict, e.g. {"step": 1234, "data": {...}}.
+          metrics: scalars for this state, e.g. {"miou": 0.61}; must then contain
+            `best_metric`, finite. None = this checkpoint never counts as best.
+          force: save even when `step` is not a multiple of `save_every_steps` (final step,
+            preemption). A step that already exists is never overwritten.
+
+        Returns:
+          Whether a checkpoint was started.
+        """
+        step = int(step)
+        if step in self._manager.all_steps():
+            logging.info("Checkpoint for step %d already exists in %s.", step, self.directory)
+            return False
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"Checkpoint extra for step {step} must be a JSON-serialisable dict of "
+                f"dict/list/str/int/float/bool/None with finite floats: {e}"
+            ) from e
+        if metrics is not None:
+            metrics = self._checked_metrics(step, metrics)
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(dict(extra))}
+            ),
+            metrics=metrics,
+            force=force,
+        )
+
+    def _checked_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+        if self.best_metric not in metrics:
+            raise ValueError(
+                f"metrics for step {step} lack the ranking metric {self.best_metric!r} "
+                f"(got keys {sorted(metrics)}); pass metrics=None to save without ranking."
+            )
+        checked = {}
+        for key, value in metrics.items():
+            try:
+                checked[key] = float(np.asarray(value))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"metrics[{key!r}] for step {step} is not a scalar: {e}") from e
+        if not math.isfinite(checked[self.best_metric]):
+            # NaN would make the ranking (a sort) meaningless rather than just wrong.
+            raise ValueError(
+                f"metrics[{self.best_metric!r}] = {checked[self.best_metric]} for step {step} is "
+                "not finite; pass metrics=None to save without ranking."
+            )
+        return checked
+
+    def restore(self, abstract_state: Any, step: int | str | None = None) -> tuple[Any, dict]:
+        """Restores (state, extra), each state leaf read straight into its target sharding.
+
+        Args:
+          abstract_state: the target pytree, same structure as what was saved, whose leaves have
+            `.shape`, `.dtype` and `.sharding` (e.g. `jax.ShapeDtypeStruct(shape, dtype,
+            sharding=...)` built from `jax.eval_shape(init)`; see `sharding.with_shardings`).
+            A leaf's dtype may differ from the saved one: values are cast.
+          step: None or "latest" for the newest step, "best" for the best by `best_metric`,
+            or an existing step number.
+
+        Returns:
+          (state with the structure of `abstract_state`, the extra dict saved with it).
+        """
+        self._manager.wait_until_finished()  # A save of the requested step may be in flight.
+        step = self._resolve_step(step)
+        self._check_target(abstract_state, step)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    _STATE: ocp.args.StandardRestore(abstract_state),
+                    _EXTRA: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        logging.info("Restored checkpoint %d from %s.", step, self.directory)
+        return restored[_STATE], restored[_EXTRA]
+
+    def _resolve_step(self, step: int | str | None) -> int:
+        available = self.all_steps()
+        if not available:
+            raise FileNotFoundError(f"No checkpoints found in {self.directory}.")
+        if step is None or step == "latest":
+            return available[-1]
+        if step == "best":
+            best = self.best_step()
+            if best is None:
+                raise FileNotFoundError(
+                    f"No checkpoint in {self.directory} was saved with metric "
+                    f"{self.best_metric!r}; available steps: {available}."
+                )
+            return best
+        if isinstance(step, str) or int(step) not in available:
+            raise FileNotFoundError(
+                f"No checkpoint for step {step!r} in {self.directory}; available steps: "
+                f"{available} (or 'latest', 'best')."
+            )
+        return int(step)
+
+    def _check_target(self, abstract_state: Any, step: int) -> None:
+        """Raises if `abstract_state` lacks shardings or differs from checkpoint `step`'s tree."""
+        target = _flatten_named(abstract_state)
+        unsharded = [p for p, leaf in target.items() if getattr(leaf, "sharding", None) is None]
+        if unsharded:
+            raise ValueError(
+                "Every restore target leaf needs a sharding (jax.ShapeDtypeStruct(..., "
+                f"sharding=...)); missing for: {_listing(unsharded)}."
+            )
+        saved_metadata = self._manager.item_metadata(step)[_STATE]
+        saved = _flatten_named(getattr(saved_metadata, "tree", saved_metadata))
+        missing = [f"{p} {tuple(target[p].shape)}" for p in target if p not in saved]
+        unexpected = [f"{p} {tuple(saved[p].shape)}" for p in saved if p not in target]
+        reshaped = [
+            f"{p}: checkpoint {tuple(saved[p].shape)} vs target {tuple(target[p].shape)}"
+            for p in target
+            if p in saved and tuple(saved[p].shape) != tuple(target[p].shape)
+        ]
+        if missing or unexpected or reshaped:
+            lines = [
+                f"Checkpoint {self.directory / str(step)} does not match the restore target "
+                "(a different model, optimizer or config?):"
+            ]
+            if missing:
+                lines.append(f"  in target but not in checkpoint: {_listing(missing)}")
+            if unexpected:
+                lines.append(f"  in checkpoint but not in target: {_listing(unexpected)}")
+            if reshaped:
+                lines.append(f"  shapes differ: {_listing(reshaped)}")
+            raise ValueError("\n".join(lines))
+
+    def latest_step(self) -> int | None:
+        """The newest complete (or in-flight) checkpoint step, None if there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step with the highest `best_metric`, None if no checkpoint has metrics."""
+        return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        """All kept checkpoint steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the pending asynchronous save (and old-step deletion) is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases orbax's resources."""
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _key_name(key: Any) -> str:
+    """Name of one jax key-path entry, spelled as orbax spells it in checkpoint metadata."""
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey.
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _flatten_named(tree: Any) -> dict[str, Any]:
+    """{"params/conv1/kernel": leaf, ...} for a pytree; None subtrees (empty states) vanish."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    if len(items) > _MAX_LISTED:
+        shown += f", ... and {len(items) - _MAX_LISTED} more"
+    return shown
+
+
+def write_config(workdir: str | epath.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
+    """Writes the resolved `config` as `<workdir>/config.json` (process 0 only).
+
+    A resumed run overwrites config.json; if the existing one differs (a changed flag on
+    resume), it is first kept as `config.<UTC timestamp>.json` so the run's history stays
+    readable. Values that JSON cannot hold (e.g. tuples) are stored in their JSON form.
+
+    Returns:
+      The path of config.json.
+    """
+    workdir = epath.Path(workdir)
+    path = workdir / CONFIG_FILENAME
+    if jax.process_index() != 0:
+        return path
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+    workdir.mkdir(parents=True, exist_ok=True)
+    if path.exists() and _read_json(path) != json.loads(text):
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        backup = workdir / f"config.{stamp}.json"
+        suffix = 1
+        while backup.exists():  # Two changes within one second.
+            backup = workdir / f"config.{stamp}-{suffix}.json"
+            suffix += 1
+        path.rename(backup)
+        logging.warning("Config changed since the last run; previous one kept as %s.", backup)
+    # Write then rename, so a crash never leaves a truncated config.json behind.
+    tmp = workdir / (CONFIG_FILENAME + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def read_config(workdir: str | epath.PathLike) -> ml_collections.ConfigDict:
+    """Reads `<workdir>/config.json` written by `write_config` (tuples come back as lists)."""
+    path = epath.Path(workdir) / CONFIG_FILENAME
+    if not path.exists():
+        raise FileNotFoundError(f"No {CONFIG_FILENAME} in {workdir}: is it a jaxseg workdir?")
+    return ml_collections.ConfigDict(_read_json(path))
+
+
+def _read_json(path: epath.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+class PreemptionWatcher:
+    """Context manager that turns SIGTERM (preemption notice) into a clean stop decision.
+
+    Usage, called at every step by every process:
+      with PreemptionWatcher() as watcher:
+          for step in range(start, total_steps):
+              ...
+              if watcher.should_stop(step):
+                  ckpt.save(step, state, extra, force=True)
+                  break
+
+    Single process: a SIGTERM handler sets a flag; no collective is ever run. The previous
+    handler is put back on exit.
+
+    Multiple processes: only some processes may receive SIGTERM, yet all must stop at the same
+    step or the next collective hangs. If jax's preemption service is on (the default after
+    `jax.distributed.initialize()`), jax owns SIGTERM and `should_stop` asks it for the agreed
+    sync step (`multihost_utils.reached_preemption_sync_point`); no Python handler is installed
+    because it would replace jax's. Otherwise the local flags are all-gathered every
+    `sync_every_steps` steps and any flag stops everyone.
+    """
+
+    def __init__(self, *, sync_every_steps: int = 1):
+        if sync_every_steps < 1:
+            raise ValueError(f"sync_every_steps must be >= 1, got {sync_every_steps}.")
+        self._sync_every_steps = sync_every_steps
+        self._received = False
+        self._installed = False
+        self._previous_handler: Any = None
+        self._use_jax_service = False
+
+    @property
+    def signal_received(self) -> bool:
+        """Whether this process has received SIGTERM since entering."""
+        return self._received
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        del frame
+        self._received = True
+        logging.warning("Received signal %d: will checkpoint and stop at the next step.", signum)
+
+    def __enter__(self) -> "PreemptionWatcher":
+        self._received = False
+        self._use_jax_service = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+        if not self._use_jax_service:
+            if threading.current_thread() is not threading.main_thread():
+                raise RuntimeError(
+                    "PreemptionWatcher must be entered in the main thread: Python only allows "
+                    "signal handlers to be installed there."
+                )
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._installed:
+            # None means the previous handler was installed outside Python and cannot be
+            # reinstated from here; the default action is the closest safe choice.
+            previous = signal.SIG_DFL if self._previous_handler is None else self._previous_handler
+            signal.signal(signal.SIGTERM, previous)
+            self._installed = False
+
+    def should_stop(self, step: int) -> bool:
+        """Whether training should checkpoint and stop after `step`; same answer on all processes.
+
+        In a multi-process job every process must call this at every step.
+        """
+        if self._use_jax_service:
+            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+        if jax.process_count() == 1:
+            return self._received
+        if step % self._sync_every_steps:
+            return False
+        flags = multihost_utils.process_allgather(np.int32(self._received))
+        return bool(np.any(flags))

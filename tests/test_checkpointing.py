@@ -1,0 +1,332 @@
+"""Tests for jaxseg/checkpointing.py: round trips, retention, errors, crash safety, SIGTERM."""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import struct
+from jax.experimental import multihost_utils
+
+from jaxseg import checkpointing, sharding
+
+
+@struct.dataclass
+class TinyState:
+    """Same fields as the train loop's TrainState, tiny shapes."""
+
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+_OPTIMIZER = optax.sgd(0.1, momentum=0.9)
+
+
+def make_state(seed: int, width: int = 8) -> TinyState:
+    """Distinct, seed-dependent values in every leaf, so a mixed-up restore is detectable.
+
+    Built in numpy and put on device once: jax.random.normal alone costs seconds of XLA:CPU
+    compilation per shape.
+    """
+    rs = np.random.default_rng(seed)
+    params = {
+        "conv": {
+            "kernel": rs.standard_normal((3, 3, 4, width), np.float32),
+            "bias": np.arange(width, dtype=np.float32),
+        },
+        "head": {"kernel": rs.standard_normal((width, 16), np.float32)},
+    }
+    opt_state = jax.tree.map(lambda x: np.asarray(x) + seed, _OPTIMIZER.init(params))
+    state = TinyState(
+        step=np.int32(100 + seed),
+        params=params,
+        batch_stats={"bn": {"mean": np.full((width,), seed, np.float32)}},
+        opt_state=opt_state,
+        rng=rs.integers(0, 2**32, size=2, dtype=np.uint32),  # raw threefry key data
+    )
+    return jax.device_put(state)
+
+
+def restore_target(state, mesh, min_fsdp_size=2**18):
+    """Abstract state with shardings attached, as the train loop builds it."""
+    abstract = jax.eval_shape(lambda: state)
+    shardings = sharding.state_shardings(abstract, mesh, min_fsdp_size=min_fsdp_size)
+    return sharding.with_shardings(abstract, shardings)
+
+
+def assert_trees_equal(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.dtype == e.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return sharding.make_mesh(4, 2)
+
+
+def test_round_trip_state_and_extra(tmp_path, mesh):
+    state = make_state(1)
+    extra = {"step": 101, "data": {"epoch": 2, "position": 37, "files": ["a", "b"]}}
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(101, state, extra)
+        ckpt.wait_until_finished()
+        assert (tmp_path / "checkpoints" / "101").is_dir()
+        restored, restored_extra = ckpt.restore(restore_target(state, mesh))
+    assert isinstance(restored, TinyState)
+    assert_trees_equal(restored, state)
+    assert restored.rng.dtype == jnp.uint32 and restored.step.dtype == jnp.int32
+    assert restored_extra == extra
+
+
+def test_restore_into_fsdp_shardings(tmp_path, mesh):
+    state = make_state(2)
+    target = restore_target(state, mesh, min_fsdp_size=64)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(7, state, {"step": 7})
+        restored, _ = ckpt.restore(target, step=7)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
+        assert got.sharding == want.sharding
+    # conv kernel [3, 3, 4, 8]: 288 >= 64 elements, last dim split over fsdp=2.
+    kernel = restored.params["conv"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    assert kernel.addressable_shards[0].data.shape == (3, 3, 4, 4)
+    assert restored.step.sharding.spec == jax.sharding.PartitionSpec()
+    assert_trees_equal(restored, state)
+
+
+def test_save_returns_before_write_and_tolerates_donation(tmp_path, mesh):
+    # The train step donates the state right after `save` returns: the asynchronous write must
+    # not read the device buffers afterwards.
+    state = make_state(3)
+    expected = jax.tree.map(np.asarray, state)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {})
+        for leaf in jax.tree.leaves(state):
+            leaf.delete()
+        restored, _ = ckpt.restore(restore_target(make_state(3), mesh))
+    assert_trees_equal(restored, expected)
+
+
+def test_keeps_last_k_and_best(tmp_path, mesh):
+    state = make_state(0)
+    target = restore_target(state, mesh)
+    mious = [0.1, 0.5, 0.2, 0.3, None, 0.4]  # step 2 is best; step 5 has no eval
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        for step, miou in enumerate(mious, start=1):
+            metrics = None if miou is None else {"miou": miou, "loss": 1.0 - miou}
+            assert ckpt.save(step, state, {"step": step}, metrics=metrics)
+        ckpt.wait_until_finished()
+        # Latest two (5, 6) plus the best (2), although it is older than both.
+        assert ckpt.all_steps() == [2, 5, 6]
+        assert (ckpt.latest_step(), ckpt.best_step()) == (6, 2)
+        assert ckpt.restore(target, "best")[1] == {"step": 2}
+        assert ckpt.restore(target, "latest")[1] == {"step": 6}
+    on_disk = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert on_disk == [2, 5, 6]
+
+    # A resumed run reads metrics back from disk; a better checkpoint releases the old best.
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert (ckpt.all_steps(), ckpt.best_step()) == ([2, 5, 6], 2)
+        ckpt.save(7, state, {"step": 7}, metrics={"miou": 0.9})
+        ckpt.wait_until_finished()
+        assert ckpt.all_steps() == [6, 7]
+        assert ckpt.best_step() == 7
+
+
+def test_save_interval_force_and_existing_step(tmp_path):
+    state = make_state(0)
+    with checkpointing.Checkpointer(tmp_path, save_every_steps=10) as ckpt:
+        assert not ckpt.save(5, state, {})  # not a multiple of 10, not even as first save
+        assert ckpt.save(10, state, {})
+        assert ckpt.save(13, state, {}, force=True)  # e.g. the final step or a preemption
+        assert not ckpt.save(13, state, {"other": 1}, force=True)  # never overwritten
+        ckpt.wait_until_finished()
+        assert ckpt.all_steps() == [10, 13]
+        assert ckpt.best_step() is None
+
+
+def test_restore_errors_name_directory_and_steps(tmp_path, mesh):
+    state = make_state(0)
+    target = restore_target(state, mesh)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(FileNotFoundError, match=f"No checkpoints found in {tmp_path}"):
+            ckpt.restore(target)
+        ckpt.save(4, state, {})
+        ckpt.save(8, state, {})
+        with pytest.raises(FileNotFoundError, match=r"step 5 .* available steps: \[4, 8\]"):
+            ckpt.restore(target, step=5)
+        with pytest.raises(FileNotFoundError, match="step 'newest'"):
+            ckpt.restore(target, step="newest")
+        with pytest.raises(FileNotFoundError, match="saved with metric 'miou'"):
+            ckpt.restore(target, step="best")
+
+
+def test_restore_mismatched_tree_lists_differences(tmp_path, mesh):
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, make_state(0, width=8), {})
+        # A "different model": wider layers, and an extra parameter.
+        other = make_state(0, width=6)
+        other = other.replace(params={**other.params, "aux": {"kernel": jnp.zeros((2, 2))}})
+        with pytest.raises(ValueError) as err:
+            ckpt.restore(restore_target(other, mesh))
+    message = str(err.value)
+    assert str(tmp_path / "checkpoints" / "1") in message
+    assert "in target but not in checkpoint: params/aux/kernel (2, 2)" in message
+    assert "params/conv/kernel: checkpoint (3, 3, 4, 8) vs target (3, 3, 4, 6)" in message
+    # optax's momentum trace is named by its field, so optimizer mismatches are readable too.
+    assert "opt_state/0/trace/conv/kernel" in message
+
+
+def test_restore_requires_shardings(tmp_path):
+    state = make_state(0)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {})
+        with pytest.raises(ValueError, match="needs a sharding.*step"):
+            ckpt.restore(jax.eval_shape(lambda: state))
+
+
+def test_save_rejects_bad_extra_and_metrics(tmp_path):
+    state = make_state(0)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(ValueError, match="extra for step 1 must be a JSON"):
+            ckpt.save(1, state, {"position": np.arange(3)})
+        with pytest.raises(ValueError, match="lack the ranking metric 'miou'.*'loss'"):
+            ckpt.save(1, state, {}, metrics={"loss": 0.3})
+        with pytest.raises(ValueError, match="'miou'.* nan for step 1 is not finite"):
+            ckpt.save(1, state, {}, metrics={"miou": float("nan")})
+        assert ckpt.all_steps() == []
+
+
+def test_incomplete_checkpoint_is_ignored_and_cleaned_up(tmp_path, mesh):
+    state1, state2 = make_state(1), make_state(2)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state1, {"step": 1})
+        ckpt.save(2, state2, {"step": 2})
+    root = tmp_path / "checkpoints"
+    # What a process killed during the save of step 3 leaves: orbax's tmp directory, here even
+    # with every file written, just not yet renamed (the last moment a kill can strike).
+    shutil.copytree(root / "2", root / "3.orbax-checkpoint-tmp")
+    # And one killed early, with a partial file only.
+    (root / "4.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+    (root / "4.orbax-checkpoint-tmp" / "state" / "partial").write_bytes(b"\0" * 10)
+
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [1, 2]
+        restored, extra = ckpt.restore(restore_target(state2, mesh), "latest")
+        assert extra == {"step": 2}
+        assert_trees_equal(restored, state2)
+        # The next save of the resumed run removes the leftovers before writing.
+        ckpt.save(3, state1, {"step": 3})
+        ckpt.wait_until_finished()
+        assert ckpt.all_steps() == [1, 2, 3]
+    assert sorted(p.name for p in root.iterdir() if "tmp" in p.name) == []
+    assert checkpointing.Checkpointer(tmp_path).restore(restore_target(state1, mesh))[1] == {
+        "step": 3
+    }
+
+
+def test_read_only_creates_nothing(tmp_path, mesh):
+    workdir = tmp_path / "missing_run"
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    with pytest.raises(FileNotFoundError, match="missing_run/checkpoints"):
+        ckpt.restore(restore_target(make_state(0), mesh))
+    assert not workdir.exists()
+
+
+def test_write_and_read_config(tmp_path):
+    config = ml_collections.ConfigDict(
+        {"model": "fcn8s", "optim": {"lr": 1e-4, "boundaries": (10, 20)}, "seed": 0}
+    )
+    path = checkpointing.write_config(tmp_path, config)
+    assert path == tmp_path / "config.json"
+    assert json.loads(path.read_text())["optim"] == {"lr": 1e-4, "boundaries": [10, 20]}
+    loaded = checkpointing.read_config(tmp_path)
+    assert loaded.model == "fcn8s" and loaded.optim.lr == 1e-4
+    assert list(loaded.optim.boundaries) == [10, 20]
+
+    # Resuming with the same config: nothing to keep.
+    checkpointing.write_config(tmp_path, config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+    # Resuming with a changed config: the old one is kept beside the new one.
+    config.optim.lr = 3e-4
+    checkpointing.write_config(tmp_path, config)
+    backups = sorted(tmp_path.glob("config.*.json"))
+    assert len(backups) == 1
+    assert json.loads(backups[0].read_text())["optim"]["lr"] == 1e-4
+    assert checkpointing.read_config(tmp_path).optim.lr == 3e-4
+    config.optim.lr = 5e-4
+    checkpointing.write_config(tmp_path, config)  # Second change within the same second.
+    assert len(sorted(tmp_path.glob("config.*.json"))) == 2
+
+
+def test_read_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"No config.json in {tmp_path}"):
+        checkpointing.read_config(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        checkpointing.read_config(tmp_path)
+
+
+def _wait_for(predicate, timeout_s=2.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_preemption_watcher_sigterm_sets_flag_and_restores_handler():
+    calls = []
+
+    def outer_handler(signum, frame):
+        calls.append(signum)
+
+    original = signal.signal(signal.SIGTERM, outer_handler)
+    try:
+        with checkpointing.PreemptionWatcher() as watcher:
+            assert not watcher.should_stop(0)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert _wait_for(lambda: watcher.signal_received)
+            assert watcher.should_stop(1)
+        assert calls == []  # The watcher, not the outer handler, took the signal.
+        assert signal.getsignal(signal.SIGTERM) is outer_handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert _wait_for(lambda: calls == [signal.SIGTERM])
+    finally:
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_preemption_watcher_multiprocess_agreement(monkeypatch):
+    # Two processes simulated: this one got no SIGTERM, the other did. Without jax's preemption
+    # service the flags are all-gathered on sync steps only, so both stop at the same step.
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(
+        multihost_utils, "process_allgather", lambda flag: np.array([flag, np.int32(1)])
+    )
+    service_enabled = jax.config.jax_enable_preemption_service
+    jax.config.update("jax_enable_preemption_service", False)
+    try:
+        with checkpointing.PreemptionWatcher(sync_every_steps=5) as watcher:
+            assert [watcher.should_stop(s) for s in (3, 4, 5)] == [False, False, True]
+            assert not watcher.signal_received
+    finally:
+        jax.config.update("jax_enable_preemption_service", service_enabled)
+
+    # With the service, jax owns SIGTERM: no Python handler, and jax names the sync step.
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 7)
+    before = signal.getsignal(signal.SIGTERM)
+    with checkpointing.PreemptionWatcher() as watcher:
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert [watcher.should_stop(s) for s in (6, 7)] == [False, True]
