@@ -1,0 +1,329 @@
+"""Training: the TrainState, a pure jitted train step, and the loop that reads like the algorithm.
+
+`train_step(state, batch) -> (state, metrics)` is jitted once over one mesh of every device of
+every process, with the batch sharded over the mesh and the state replicated (or fsdp-sharded).
+The loop restores the latest checkpoint in its workdir (state + input position), so a preempted
+run continues with exactly the batches and parameters an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from jaxseg import checkpointing, evaluation, losses, metric_writers, optim, sharding
+from jaxseg.data import pipeline
+from jaxseg.data.datasets import get_dataset_spec
+from jaxseg.models import build_model, output_size
+from jaxseg.models.layers import center_crop
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue: step, params, BatchNorm stats, optimiser state, rng.
+
+    `rng` holds raw key data (uint32 [2]) so that the state is a plain array pytree that orbax
+    saves and restores like any other.
+    """
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def init_state(
+    rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation, input_shape
+) -> TrainState:
+    """Initialises a TrainState for inputs of `input_shape` ([N, H, W, C]); pure, jit-able."""
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(state_rng),
+    )
+
+
+def _loss_fn(params, batch_stats, micro, dropout_rng, *, model, loss_cfg, num_classes):
+    """Returns (weighted loss sum, (normaliser, new batch_stats, logits-derived stats))."""
+    variables = {"params": params}
+    mutable = []
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+        mutable = ["batch_stats"]
+    logits, updates = model.apply(
+        variables, micro["image"], train=True, rngs={"dropout": dropout_rng}, mutable=mutable
+    )
+    # A valid-convolution U-Net predicts the centre of its input: score the labels there.
+    labels = center_crop(micro["label"][..., None], *logits.shape[1:3])[..., 0]
+    weights = micro.get("weight")
+    if weights is not None:
+        weights = center_crop(weights[..., None], *logits.shape[1:3])[..., 0]
+    class_weights = jnp.asarray(loss_cfg.class_weights) if loss_cfg.class_weights else None
+    ce, norm = losses.cross_entropy(
+        logits,
+        labels,
+        class_weights=class_weights,
+        pixel_weights=weights,
+        valid=micro.get("valid"),
+        normalize=loss_cfg.normalize,
+    )
+    total = ce * norm
+    if loss_cfg.dice_weight:
+        dice = losses.dice_loss(logits, labels, valid=micro.get("valid"))
+        total = total + loss_cfg.dice_weight * dice * norm
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & (labels != 255))
+    scored = jnp.sum(labels != 255)
+    new_stats = updates.get("batch_stats", batch_stats) if mutable else batch_stats
+    return total, (norm, new_stats, correct, scored)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss_cfg: ml_collections.ConfigDict,
+    num_classes: int,
+    grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on a global batch; pure, meant to be jitted once.
+
+    With grad_accum_steps = k the batch is split into k micro-batches whose gradients are
+    summed with the loss normalisers, so the update equals one step on the whole batch (for
+    models without BatchNorm; BatchNorm sees k smaller batches, as in any accumulation scheme).
+
+    Args:
+      batch: {"image": [B, H, W, C] float32, "label": [B, H, W] int32 (255 = ignore),
+        optional "weight": [B, H, W] float32 pixel weights}.
+
+    Returns:
+      The new state and device scalars: loss, pixel accuracy, gradient norm, learning-rate
+      independent (the loop logs the schedule itself).
+    """
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grad_fn = jax.value_and_grad(
+        functools.partial(_loss_fn, model=model, loss_cfg=loss_cfg, num_classes=num_classes),
+        has_aux=True,
+    )
+    k = grad_accum_steps
+    b = batch["label"].shape[0]
+    if b % k:
+        raise ValueError(f"batch size {b} is not divisible by grad_accum_steps {k}")
+    # Micro-batch i takes rows i, i+k, ...: [B] -> [B/k, k] keeps every device's rows local.
+    micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(b // k, k, *x.shape[1:]), 1, 0), batch)
+
+    def accumulate(carry, inputs):
+        grads, batch_stats, total, norm, correct, scored = carry
+        i, mb = inputs
+        (t, (n, batch_stats, c, s)), g = grad_fn(
+            state.params, batch_stats, mb, jax.random.fold_in(step_rng, i)
+        )
+        grads = jax.tree.map(jnp.add, grads, g)
+        return (grads, batch_stats, total + t, norm + n, correct + c, scored + s), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    f0, i0 = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+    init = (zeros, state.batch_stats, f0, f0, i0, i0)
+    if k == 1:
+        carry, _ = accumulate(init, (0, jax.tree.map(lambda x: x[0], micro)))
+    else:
+        carry, _ = jax.lax.scan(accumulate, init, (jnp.arange(k), micro))
+    grads, batch_stats, total, norm, correct, scored = carry
+    norm = jnp.maximum(norm, 1e-12)  # A batch with nothing scored gives a zero, finite step.
+    grads = jax.tree.map(lambda g: g / norm, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    metrics = {
+        "loss": total / norm,
+        "pixel_accuracy": correct / jnp.maximum(scored, 1),
+        "grad_norm": optax.global_norm(grads),
+    }
+    return new_state, metrics
+
+
+def make_train_step(config, model, tx, mesh, state_sharding) -> Callable:
+    """The jitted train step with explicit shardings and the state donated."""
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        loss_cfg=config.loss,
+        num_classes=config.model.num_classes,
+        grad_accum_steps=config.grad_accum_steps,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+        out_shardings=(state_sharding, sharding.replicated_sharding(mesh)),
+        donate_argnums=0,
+    )
+
+
+def input_shape(config, spec, batch_size: int) -> tuple[int, int, int, int]:
+    """[N, H, W, C] of a training batch."""
+    h, w = config.data.crop_size
+    return (batch_size, h, w, spec.image_channels)
+
+
+def create_state(config, model, tx, mesh):
+    """(abstract state with shardings, shardings, jitted init) from `jax.eval_shape`."""
+    spec = get_dataset_spec(config.data.dataset)
+    init = functools.partial(
+        init_state, model=model, tx=tx, input_shape=input_shape(config, spec, 1)
+    )
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = sharding.state_shardings(abstract, mesh, min_fsdp_size=config.mesh.fsdp_min_size)
+    jit_init = jax.jit(init, out_shardings=shardings)
+    return sharding.with_shardings(abstract, shardings), shardings, jit_init
+
+
+def _initial_weights(config, state: TrainState, abstract: TrainState) -> TrainState:
+    """Applies `config.init_from`: "" (none), a run's workdir, or "vgg16:<weights file>"."""
+    source = config.init_from
+    if not source:
+        return state
+    if source.startswith("vgg16:"):
+        from jaxseg.models import pretrained
+
+        vgg = pretrained.load_vgg16_weights(source.removeprefix("vgg16:"))
+        params = pretrained.transplant_into(jax.device_get(state.params), vgg)
+        params = jax.tree.map(
+            lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), params, abstract.params
+        )
+        logging.info("Initialised the VGG16 trunk from %s", source)
+        return state.replace(params=params)
+    other = checkpointing.Checkpointer(source, read_only=True)
+    restored, _ = other.restore(abstract, "latest")
+    other.close()
+    logging.info("Initialised params and batch stats from run %s", source)
+    return state.replace(params=restored.params, batch_stats=restored.batch_stats)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final eval.
+
+    Workdir: config.json, checkpoints/, metrics.jsonl, tensorboard/.
+    """
+    mesh = sharding.make_mesh(num_data=-1, num_fsdp=config.mesh.fsdp)
+    logging.info("Devices: %s", sharding.describe_devices(mesh))
+    spec = get_dataset_spec(config.data.dataset)
+    if config.model.num_classes != spec.num_classes:
+        raise ValueError(
+            f"config.model.num_classes = {config.model.num_classes} but data set "
+            f"{spec.name!r} has {spec.num_classes} classes"
+        )
+    model = build_model(config.model)
+    total_steps = config.total_steps
+    tx = optim.make_optimizer(config.optim, total_steps)
+    abstract, state_sharding, jit_init = create_state(config, model, tx, mesh)
+
+    ckpt = checkpointing.Checkpointer(
+        workdir, max_to_keep=config.checkpoint_keep, save_every_steps=config.checkpoint_every_steps
+    )
+    if ckpt.latest_step() is not None:
+        state, extra = ckpt.restore(abstract, "latest")
+        logging.info("Resumed from step %d in %s", extra["step"], workdir)
+    else:
+        state = _initial_weights(config, jit_init(jax.random.key(config.seed)), abstract)
+    checkpointing.write_config(workdir, config)
+    start_step = int(jax.device_get(state.step))
+
+    p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_iter = pipeline.make_train_iterator(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+    )
+    evaluator = evaluation.Evaluator(config, model, mesh, spec)
+    writer = metric_writers.MetricWriter(workdir)
+    primary = jax.process_index() == 0
+    bar = tqdm.tqdm(
+        total=total_steps, initial=start_step, disable=not primary, dynamic_ncols=True
+    )
+    eval_metrics, last_log, t_log, compile_logged = {}, start_step, time.time(), False
+
+    with checkpointing.PreemptionWatcher() as watcher:
+        for step in range(start_step, total_steps):
+            batch = pipeline.to_global(next(train_iter), batch_sharding)
+            if not compile_logged:
+                t0 = time.time()
+            state, train_metrics = p_train_step(state, batch)
+            if not compile_logged:
+                jax.block_until_ready(train_metrics)
+                logging.info("First train step (compile + run): %.1f s", time.time() - t0)
+                compile_logged, t_log, last_log = True, time.time(), step + 1
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == total_steps:
+                scalars = _check_finite(jax.device_get(train_metrics), done)
+                elapsed = time.time() - t_log
+                scalars["images_per_sec"] = (done - last_log) * config.batch_size / max(elapsed, 1e-9)
+                scalars["learning_rate"] = optim.learning_rate_at(config.optim, total_steps, step)
+                writer.write(done, scalars, "train")
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.1f}")
+                last_log, t_log = done, time.time()
+            bar.update(1)
+            metrics_for_ckpt = None
+            if done % config.eval_every_steps == 0 or done == total_steps:
+                eval_metrics = evaluator.evaluate(state)
+                writer.write(done, _scalar_metrics(eval_metrics), "eval")
+                logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
+                metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
+                t_log = time.time()  # Evaluation time is not training throughput.
+            stop = watcher.should_stop(step)
+            periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
+            if stop or periodic or metrics_for_ckpt is not None:
+                _check_finite(jax.device_get(train_metrics), done)
+                ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
+            if stop:
+                logging.warning("Preempted: saved step %d and stopping.", done)
+                break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    return eval_metrics
+
+
+def _check_finite(metrics: dict, step: int) -> dict:
+    scalars = {k: float(v) for k, v in metrics.items()}
+    if not math.isfinite(scalars["loss"]):
+        raise NonFiniteLossError(
+            f"loss is {scalars['loss']} at step {step}; stopping without saving, so the last "
+            "checkpoint (from before the divergence) stays intact. Lower the learning rate or "
+            "enable optim.grad_clip_norm."
+        )
+    return scalars
+
+
+def _scalar_metrics(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
