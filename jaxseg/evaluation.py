@@ -77,7 +77,7 @@ class Evaluator:
         if total is None:
             raise ValueError(
                 f"evaluation split {self._config.data.eval_split!r} of "
-                f"{self._config.data.dataset!r} yielded no batches"
+                f"{self._config.data.name!r} yielded no batches"
             )
         return total, num_examples
 

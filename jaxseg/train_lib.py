@@ -25,8 +25,7 @@ import optax
 import tqdm
 
 from jaxseg import checkpointing, evaluation, losses, metric_writers, optim, sharding
-from jaxseg.data import pipeline
-from jaxseg.data.datasets import get_dataset_spec
+from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model, output_size
 from jaxseg.models.layers import center_crop
 
@@ -192,7 +191,7 @@ def input_shape(config, spec, batch_size: int) -> tuple[int, int, int, int]:
 
 def create_state(config, model, tx, mesh):
     """(abstract state with shardings, shardings, jitted init) from `jax.eval_shape`."""
-    spec = get_dataset_spec(config.data.dataset)
+    spec = datasets.dataset_spec(config.data)
     init = functools.partial(
         init_state, model=model, tx=tx, input_shape=input_shape(config, spec, 1)
     )
@@ -210,7 +209,8 @@ def _initial_weights(config, state: TrainState, abstract: TrainState) -> TrainSt
     if source.startswith("vgg16:"):
         from jaxseg.models import pretrained
 
-        vgg = pretrained.load_vgg16_weights(source.removeprefix("vgg16:"))
+        # Our pipeline feeds RGB; the Caffe-trained weights expect BGR: flip conv1_1 once here.
+        vgg = pretrained.load_vgg16_weights(source.removeprefix("vgg16:"), rgb_input=True)
         params = pretrained.transplant_into(jax.device_get(state.params), vgg)
         params = jax.tree.map(
             lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), params, abstract.params
@@ -235,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     mesh = sharding.make_mesh(num_data=-1, num_fsdp=config.mesh.fsdp)
     logging.info("Devices: %s", sharding.describe_devices(mesh))
-    spec = get_dataset_spec(config.data.dataset)
+    spec = datasets.dataset_spec(config.data)
     if config.model.num_classes != spec.num_classes:
         raise ValueError(
             f"config.model.num_classes = {config.model.num_classes} but data set "
@@ -300,13 +300,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
                 metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
                 t_log = time.time()  # Evaluation time is not training throughput.
-            stop = watcher.should_stop(step)
+            stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
             periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
             if stop or periodic or metrics_for_ckpt is not None:
                 _check_finite(jax.device_get(train_metrics), done)
                 ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
-            if stop:
-                logging.warning("Preempted: saved step %d and stopping.", done)
+            if stop and done < total_steps:
+                logging.warning("Stopping early (preemption or max_steps_per_run) at step %d.", done)
                 break
     bar.close()
     ckpt.close()

@@ -1,0 +1,144 @@
+r"""The embedded default: a padded U-Net on the synthetic street scenes, offline, on a CPU.
+
+  python train.py --config configs/default.py --workdir runs/default
+
+Trains in about 10 minutes on a 2-core CPU (see BENCHMARKS.md for the measured wall time) to a
+validation mean IoU of about 0.6 on the 6 classes (background, person, purse, plants, sidewalk,
+building). Every other config imports this one and overrides only what differs; every field is
+defined and commented here, and `--config.<key>=<value>` overrides any of them (a misspelt key is
+an error).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def data_config() -> ml_collections.ConfigDict:
+    data = ml_collections.ConfigDict()
+    # Data set: a key of jaxseg.data.datasets.DATASETS (synthetic_scenes, voc_sbd,
+    # oxford_iiit_pet, cityscapes, ade20k, image_folder).
+    data.name = "synthetic_scenes"
+    # tfds data dir; None = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+    data.data_dir = config_dict.placeholder(str)
+    # Manual downloads (VOC/SBD tars, Cityscapes zips); None = <data_dir>/downloads/manual.
+    data.manual_dir = config_dict.placeholder(str)
+    # Split to train on (tfds slicing allowed, e.g. "train[:90%]").
+    data.train_split = "train"
+    # Split to evaluate on.
+    data.eval_split = "validation"
+    # Training crop (height, width) in px, taken after random scaling; padded with label 255.
+    data.crop_size = (96, 96)
+    # Random rescale factor range, drawn uniformly; (1.0, 1.0) turns scaling off.
+    data.min_scale = 0.75
+    data.max_scale = 1.25
+    # Random left-right flip with probability 1/2.
+    data.hflip = True
+    # Photometric jitter: brightness +-delta, contrast/saturation x[1-v, 1+v], hue +-turns; 0 = off.
+    data.brightness = 0.1
+    data.contrast = 0.1
+    data.saturation = 0.1
+    data.hue = 0.02
+    # U-Net elastic deformation: coarse grid_size x grid_size displacements, N(0, sigma px).
+    data.elastic = False
+    data.elastic_grid = 3
+    data.elastic_sigma = 10.0
+    # Per-channel normalisation, [0, 1] units (ImageNet statistics; match pretrained weights).
+    data.mean = (0.485, 0.456, 0.406)
+    data.std = (0.229, 0.224, 0.225)
+    # Eval images keep native resolution, padded (image 0, label 255) to this (height, width).
+    data.eval_pad_size = (128, 128)
+    # Batches prepared ahead of the training step.
+    data.prefetch_batches = 2
+
+    # synthetic_scenes generation (a new combination builds a new copy in seconds).
+    data.synthetic = ml_collections.ConfigDict()
+    data.synthetic.image_size = 128  # square images, px
+    data.synthetic.num_train = 3000  # train split size
+    data.synthetic.num_validation = 300  # validation split size
+    data.synthetic.seed = 0  # generation seed; same values -> identical data
+
+    # image_folder: a folder of images + masks paired by file stem (see
+    # jaxseg/data/builders/image_folder.py for the layout and split lists).
+    data.folder = ml_collections.ConfigDict()
+    data.folder.name = "my_folder"  # cache name under <data_dir>/segmentation_folder/
+    data.folder.root = config_dict.placeholder(str)  # the folder; required for image_folder
+    data.folder.image_dir = "images"  # images sub-directory (png/jpg/tif, multi-page tif = stack)
+    data.folder.mask_dir = "masks"  # masks sub-directory, same stems
+    data.folder.mask_format = "index"  # "index": pixel = class id; "palette": RGB colour table
+    data.folder.class_names = ("background", "foreground")  # one per class id
+    data.folder.palette = ()  # RGB per class; required for mask_format="palette"
+    data.folder.ignore_colors = ()  # palette masks: colours that mean ignore (255)
+    data.folder.channels = 3  # 1 = greyscale (EM), 3 = RGB
+    data.folder.train_list = config_dict.placeholder(str)  # optional list file of train stems
+    data.folder.val_list = config_dict.placeholder(str)  # optional list of validation stems
+    return data
+
+
+def optim_config() -> ml_collections.ConfigDict:
+    """Defaults: a small U-Net trained with AdamW + linear warmup + cosine decay."""
+    optim = ml_collections.ConfigDict()
+    optim.optimizer = "adamw"  # "sgd" (momentum / Nesterov) or "adamw" (Adam scaling).
+    optim.learning_rate = 1e-3  # Peak learning rate, reached at the end of warmup.
+    optim.momentum = 0.9  # SGD only: heavy-ball momentum coefficient.
+    optim.nesterov = False  # SGD only: Nesterov momentum.
+    optim.b1 = 0.9  # AdamW only: first-moment decay.
+    optim.b2 = 0.999  # AdamW only: second-moment decay.
+    optim.eps = 1e-8  # AdamW only: denominator epsilon.
+    optim.weight_decay = 1e-2  # Never applied to biases / norm params (optim.decay_mask); 0 = off.
+    optim.weight_decay_mode = "decoupled"  # "decoupled" (AdamW: lr*wd*w) or "coupled" (L2 in grad).
+    optim.grad_clip_norm = 1.0  # Global-norm clip over trainable grads; 0 = off.
+    optim.schedule = "cosine"  # "constant", "step", "poly" or "cosine".
+    optim.warmup_steps = 100  # Linear ramp from 0 to learning_rate; must be < total_steps.
+    optim.step_boundaries = ()  # "step" only: global steps where lr is multiplied by step_factor.
+    optim.step_factor = 0.1  # "step" only: multiplier applied at each boundary.
+    optim.poly_power = 0.9  # "poly" only: lr * (1 - t/T) ** power, 0 at total_steps (DeepLab).
+    optim.cosine_end_factor = 0.0  # "cosine" only: final lr as a fraction of learning_rate.
+    optim.lr_multipliers = ()  # ((regex, factor), ...) on '/'-joined param paths; first match wins.
+    optim.frozen = ()  # (regex, ...) of param paths given zero updates (e.g. a frozen backbone).
+    return optim
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Seeds parameter init, dropout and the data order/augmentation.
+
+    # Durations, all in optimiser steps.
+    config.total_steps = 1500  # Length of the run; the lr schedule ends here.
+    config.log_every_steps = 50  # Train metrics to metrics.jsonl / TensorBoard / progress bar.
+    config.eval_every_steps = 500  # Validation on config.data.eval_split (and at the end).
+    config.checkpoint_every_steps = 500  # Asynchronous orbax saves (plus after each eval).
+    config.checkpoint_keep = 2  # Most recent checkpoints kept, plus the best by val mIoU.
+    # Stop (with a checkpoint) after this many steps in one invocation, 0 = no limit: for
+    # clusters with job time limits, and to test resumption. Rerunning continues the run.
+    config.max_steps_per_run = 0
+
+    config.batch_size = 16  # Global batch over all devices and hosts.
+    config.eval_batch_size = 16  # Global eval batch; padded with masked examples at the end.
+    config.grad_accum_steps = 1  # Micro-batches per step (batch_size must divide by it).
+    # "" = random init; a run's workdir = its latest params; "vgg16:<file>" = ImageNet VGG16
+    # (Keras .h5 or .npz, see jaxseg/models/pretrained.py) transplanted into an FCN trunk.
+    config.init_from = ""
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.fsdp = 1  # Devices per parameter shard (fsdp axis); 1 = replicate parameters.
+    config.mesh.fsdp_min_size = 2**18  # Leaves smaller than this stay replicated under fsdp.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet_padded"  # A key of jaxseg.models.MODELS.
+    config.model.num_classes = 6  # Must equal the data set's class count.
+    config.model.base_width = 16  # Channels of the first level (64 in the paper).
+    config.model.depth = 4  # Number of 2x2 max-pools.
+    config.model.use_batchnorm = True  # BatchNorm after every conv (global over devices).
+    config.model.upsampling = "transpose"  # "transpose" (2x2 up-conv) or "bilinear".
+    config.model.dropout_rate = 0.1  # Dropout at the end of the contracting path.
+    config.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay f32).
+
+    config.loss = ml_collections.ConfigDict()
+    # True: mean over scored pixels; False: the FCN release's per-image sum (tiny lr needed).
+    config.loss.normalize = True
+    config.loss.class_weights = ()  # Per-class CE weights, () = uniform.
+    config.loss.dice_weight = 0.0  # Adds dice_weight * soft Dice to the CE loss.
+
+    config.optim = optim_config()
+    config.data = data_config()
+    return config
