@@ -25,8 +25,12 @@ flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, m
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host only).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host only).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host only).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detects "
-                  "SLURM/TPU/GPU clusters; implied by --coordinator_address).")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() (auto-detects "
+    "SLURM/TPU/GPU clusters; implied by --coordinator_address).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxseg.models.unet import UNet, unet_output_size, unet_valid_input_sizes
 

@@ -26,7 +26,7 @@ import tqdm
 
 from jaxseg import checkpointing, evaluation, losses, metric_writers, optim, sharding
 from jaxseg.data import datasets, pipeline
-from jaxseg.models import build_model, output_size
+from jaxseg.models import build_model
 from jaxseg.models.layers import center_crop
 
 PyTree = Any
@@ -217,11 +217,41 @@ def _initial_weights(config, state: TrainState, abstract: TrainState) -> TrainSt
         )
         logging.info("Initialised the VGG16 trunk from %s", source)
         return state.replace(params=params)
+    # Another run: restore it with its own model's tree, then copy every parameter both models
+    # share (same path, same shape). FCN-16s from FCN-32s keeps its new score_pool4 init.
+    other_config = checkpointing.read_config(source)
+    other_model = build_model(other_config.model)
+    other_tx = optim.make_optimizer(other_config.optim, other_config.total_steps)
+    other_abstract, _, _ = create_state(other_config, other_model, other_tx, _mesh_of(abstract))
     other = checkpointing.Checkpointer(source, read_only=True)
-    restored, _ = other.restore(abstract, "latest")
+    restored, _ = other.restore(other_abstract, "latest")
     other.close()
-    logging.info("Initialised params and batch stats from run %s", source)
-    return state.replace(params=restored.params, batch_stats=restored.batch_stats)
+    params, copied = _merge_shared(state.params, restored.params)
+    batch_stats, _ = _merge_shared(state.batch_stats, restored.batch_stats)
+    logging.info("Initialised %d parameter arrays from run %s", copied, source)
+    if not copied:
+        raise ValueError(f"config.init_from={source!r}: no parameter matches this model's")
+    return state.replace(params=params, batch_stats=batch_stats)
+
+
+def _mesh_of(abstract: TrainState) -> jax.sharding.Mesh:
+    return jax.tree.leaves(abstract)[0].sharding.mesh
+
+
+def _merge_shared(target: PyTree, source: PyTree) -> tuple[PyTree, int]:
+    """`target` with every leaf that `source` has at the same path and shape replaced."""
+    flat_source = {optim.param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
+    copied = 0
+
+    def pick(path, x):
+        nonlocal copied
+        y = flat_source.get(optim.param_path(path))
+        if y is not None and y.shape == x.shape:
+            copied += 1
+            return jax.device_put(y.astype(x.dtype), x.sharding)
+        return x
+
+    return jax.tree_util.tree_map_with_path(pick, target), copied
 
 
 class NonFiniteLossError(RuntimeError):
@@ -268,9 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluator = evaluation.Evaluator(config, model, mesh, spec)
     writer = metric_writers.MetricWriter(workdir)
     primary = jax.process_index() == 0
-    bar = tqdm.tqdm(
-        total=total_steps, initial=start_step, disable=not primary, dynamic_ncols=True
-    )
+    bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not primary, dynamic_ncols=True)
     eval_metrics, last_log, t_log, compile_logged = {}, start_step, time.time(), False
 
     with checkpointing.PreemptionWatcher() as watcher:
@@ -287,10 +315,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if done % config.log_every_steps == 0 or done == total_steps:
                 scalars = _check_finite(jax.device_get(train_metrics), done)
                 elapsed = time.time() - t_log
-                scalars["images_per_sec"] = (done - last_log) * config.batch_size / max(elapsed, 1e-9)
+                scalars["images_per_sec"] = (
+                    (done - last_log) * config.batch_size / max(elapsed, 1e-9)
+                )
                 scalars["learning_rate"] = optim.learning_rate_at(config.optim, total_steps, step)
                 writer.write(done, scalars, "train")
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.1f}")
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.1f}"
+                )
                 last_log, t_log = done, time.time()
             bar.update(1)
             metrics_for_ckpt = None
@@ -306,7 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 _check_finite(jax.device_get(train_metrics), done)
                 ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
             if stop and done < total_steps:
-                logging.warning("Stopping early (preemption or max_steps_per_run) at step %d.", done)
+                logging.warning(
+                    "Stopping early (preemption or max_steps_per_run) at step %d.", done
+                )
                 break
     bar.close()
     ckpt.close()

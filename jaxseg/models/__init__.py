@@ -52,7 +52,9 @@ def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
 def output_size(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
     """Spatial size of the logits for an input of size input_hw (smaller for a valid U-Net)."""
     if isinstance(model, UNet) and model.padding == "VALID":
-        return unet_output_size(input_hw[0], model.depth), unet_output_size(input_hw[1], model.depth)
+        return unet_output_size(input_hw[0], model.depth), unet_output_size(
+            input_hw[1], model.depth
+        )
     return tuple(input_hw)
 
 

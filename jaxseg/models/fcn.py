@@ -36,8 +36,8 @@ class FCN(nn.Module):
       num_classes: number of output classes (21 for PASCAL VOC).
       output_stride: 32, 16 or 8 (FCN-32s, FCN-16s, FCN-8s).
       alignment: "reference" or "padded" (see the module docstring).
-      learnable_upsampling: learn the bilinear-initialised transposed convs (the reference release
-        learns the 2x ones and freezes the last, the paper mostly fixes the last); False freezes all.
+      learnable_upsampling: learn the bilinear-initialised transposed convs. False (the reference
+        release: every deconvolution at lr_mult 0) makes them fixed, parameter-free bilinear maps.
       at_once: the "at-once" FCN-8s recipe: scale pool4 by 0.01 and pool3 by 1e-4 before scoring.
       dropout_rate: dropout after fc6 and fc7.
       dtype: computation dtype (params stay float32; logits are returned in float32).

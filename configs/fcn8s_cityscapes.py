@@ -1,0 +1,55 @@
+r"""FCN-8s (padded alignment) on Cityscapes fine annotations, 19 train ids.
+
+  python train.py --config configs/fcn8s_cityscapes.py --workdir runs/fcn8s_cityscapes \
+      --config.data.manual_dir=/path/to/cityscapes_zips
+
+Needs the manual download (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip) and the
+ImageNet VGG16 Keras weights (see configs/fcn32s_voc.py). A practical recipe: SGD with momentum,
+pixel-mean loss, poly schedule, random scale 0.5-2 and 512 x 1024 crops, batch 8; the FCN paper
+reports 65.3 class IoU on Cityscapes test for FCN-8s, a figure to measure against.
+"""
+
+import os
+
+from configs import default, fcn_voc_common
+
+
+def get_config():
+    config = fcn_voc_common.fcn_config("fcn8s", normalized_loss=True)
+    config.model.num_classes = 19
+    config.model.alignment = "padded"
+    config.model.learnable_upsampling = True
+    config.init_from = "vgg16:" + os.path.join(
+        os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
+        "models",
+        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+    )
+    config.total_steps = 80_000
+    config.eval_every_steps = 5_000
+    config.checkpoint_every_steps = 5_000
+    config.batch_size = 8
+    config.eval_batch_size = 8
+
+    o = config.optim
+    o.learning_rate = 0.01
+    o.momentum = 0.9
+    o.schedule = "poly"
+    o.poly_power = 0.9
+    o.warmup_steps = 1_000
+
+    d = config.data
+    defaults = default.get_config().data
+    d.name = "cityscapes"
+    d.train_split = "train"
+    d.eval_split = "validation"
+    d.crop_size = (512, 1024)
+    d.min_scale, d.max_scale = 0.5, 2.0
+    d.hflip = True
+    d.brightness, d.contrast, d.saturation, d.hue = (
+        defaults.brightness,
+        defaults.contrast,
+        defaults.saturation,
+        defaults.hue,
+    )
+    d.eval_pad_size = (1024, 2048)
+    return config
