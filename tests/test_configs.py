@@ -1,0 +1,56 @@
+"""Every config in configs/ loads, matches its data set, and builds its full train state."""
+
+import importlib
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from jaxseg import optim, sharding, train_lib
+from jaxseg.data import datasets
+from jaxseg.models import build_model
+
+CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
+CONFIGS = sorted(
+    p.stem for p in CONFIG_DIR.glob("*.py") if "def get_config" in p.read_text()
+)
+
+
+def test_expected_configs_exist():
+    expected = {"default", "smoke", "fcn32s_voc", "fcn16s_voc", "fcn8s_voc", "unet_isbi"}
+    assert expected <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_train_state(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    spec = datasets.dataset_spec(config.data)
+    assert config.model.num_classes == spec.num_classes, name
+    assert config.batch_size % config.grad_accum_steps == 0
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
+    abstract, _, _ = train_lib.create_state(config, model, tx, mesh)
+    assert int(np.prod(abstract.step.shape)) == 1
+    assert jax.tree.leaves(abstract.params)
+    # The learning rate is defined over the whole run and finite at both ends.
+    for step in (0, config.total_steps - 1):
+        assert np.isfinite(optim.learning_rate_at(config.optim, config.total_steps, step))
+
+
+def test_fcn_recipes_follow_reference_release():
+    lrs = {}
+    for variant in ("fcn32s", "fcn16s", "fcn8s"):
+        c = importlib.import_module(f"configs.{variant}_voc").get_config()
+        assert c.model.alignment == "reference" and c.batch_size == 1
+        assert c.optim.momentum == 0.99 and not c.loss.normalize
+        lrs[variant] = c.optim.learning_rate
+    assert lrs == {"fcn32s": 1e-10, "fcn16s": 1e-12, "fcn8s": 1e-14}
+
+
+def test_locked_config_rejects_unknown_keys():
+    config = importlib.import_module("configs.default").get_config()
+    config.lock()
+    with pytest.raises(AttributeError, match="learning_rate"):
+        config.optim.learnig_rate = 1.0
