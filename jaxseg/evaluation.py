@@ -9,6 +9,8 @@ nothing overflows on Cityscapes- or ADE20K-size evaluations.
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import flax.linen as nn
 import jax
@@ -87,3 +89,65 @@ class Evaluator:
         result = metrics.compute_metrics(cm, list(self._spec.class_names))
         result["num_examples"] = num_examples
         return result
+
+
+def write_report(workdir: str, result: dict, **meta) -> str:
+    """Writes `<workdir>/eval/report.json` (metrics + meta such as step, split) and a per-class
+    Markdown table `<workdir>/eval/per_class.md`; primary process only. Returns the JSON path."""
+    out_dir = os.path.join(workdir, "eval")
+    path = os.path.join(out_dir, "report.json")
+    if jax.process_index() != 0:
+        return path
+    os.makedirs(out_dir, exist_ok=True)
+    report = {**meta, **result}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)  # Never leave a half-written report behind.
+    rows = ["| class | IoU | Dice | accuracy | truth pixels |", "| --- | --- | --- | --- | --- |"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    for name, c in result["per_class"].items():
+        rows.append(
+            f"| {name} | {fmt(c['iou'])} | {fmt(c['dice'])} | {fmt(c['accuracy'])} "
+            f"| {c['truth_pixels']} |"
+        )
+    summary = ", ".join(
+        f"{k} {result[k]:.4f}"
+        for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
+    )
+    with open(os.path.join(out_dir, "per_class.md"), "w") as f:
+        f.write(f"{summary}\n\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
+    """Restores `checkpoint` ("best", "latest" or a step) of the run in `workdir`, evaluates it
+    on `config.data.eval_split` and writes `<workdir>/eval/report.json`. Used by eval.py."""
+    from jaxseg import checkpointing, optim, train_lib
+    from jaxseg.data import datasets
+    from jaxseg.models import build_model
+
+    mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
+    spec = datasets.dataset_spec(config.data)
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    abstract, _, _ = train_lib.create_state(config, model, tx, mesh)
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    if not ckpt.all_steps():
+        raise FileNotFoundError(f"no checkpoints in {ckpt.directory}: train first (train.py)")
+    which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
+    if which == "best" and ckpt.best_step() is None:
+        which = "latest"  # No evaluation has ranked a checkpoint yet.
+    state, _ = ckpt.restore(abstract, which)
+    ckpt.close()
+    result = Evaluator(config, model, mesh, spec).evaluate(state)
+    write_report(
+        workdir,
+        result,
+        step=int(jax.device_get(state.step)),
+        dataset=spec.name,
+        split=config.data.eval_split,
+        inference="whole_image",
+        checkpoint=str(checkpoint),
+    )
+    return result

@@ -345,6 +345,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar.close()
     ckpt.close()
     writer.close()
+    if eval_metrics and int(jax.device_get(state.step)) == total_steps:
+        path = evaluation.write_report(
+            workdir,
+            eval_metrics,
+            step=total_steps,
+            dataset=spec.name,
+            split=config.data.eval_split,
+            inference="whole_image",
+            checkpoint="final",
+        )
+        logging.info("Final eval: mIoU %.4f; report in %s", eval_metrics["mean_iou"], path)
     return eval_metrics
 
 

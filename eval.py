@@ -1,0 +1,46 @@
+r"""Evaluates a trained run: flags only, then one call into jaxseg.
+
+  python eval.py --workdir runs/default [--checkpoint best|latest|<step>] [--config.key=value]
+
+Uses the run's own config.json unless --config is given; writes <workdir>/eval/report.json and
+eval/per_class.md, and prints the FCN paper's four metrics.
+"""
+
+from jaxseg import backend
+
+backend.configure_xla_flags()  # Before jax is imported.
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxseg import checkpointing, evaluation  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file; default: the run's config.json.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "The run directory to evaluate.")
+flags.DEFINE_string("checkpoint", "best", '"best", "latest" or a step number.')
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    backend.hide_accelerators_from_tensorflow()
+    if not os.path.isdir(FLAGS.workdir):
+        raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
+    config = FLAGS.config or checkpointing.read_config(FLAGS.workdir)
+    result = evaluation.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
+    summary = {
+        k: round(result[k], 4)
+        for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
+    }
+    print(json.dumps(summary | {"num_examples": result["num_examples"]}))
+
+
+if __name__ == "__main__":
+    app.run(main)
