@@ -31,6 +31,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     backend.hide_accelerators_from_tensorflow()
+    backend.configure_jax_for_backend()
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     config = FLAGS.config or checkpointing.read_config(FLAGS.workdir)

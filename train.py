@@ -44,6 +44,7 @@ def main(argv):
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
+    backend.configure_jax_for_backend()
     logging.info("Config:\n%s", FLAGS.config)
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -1,10 +1,16 @@
-"""Backend tuning users get by default: set before jax is imported (train.py, eval.py, benchmarks).
+"""Backend tuning users get by default (train.py, eval.py and the benchmarks call these).
 
 XLA:CPU's experimental YNNPACK fusion of individual convolutions made conv backward passes
 ~2.5x slower than XLA's own emitter on a 2-core AVX-512 CPU under jax 0.10.2; excluding it
 (`-individual_convolution`) is the faster default there. The flag is experimental: it is only
 added for the jax versions we measured (pinned in pyproject.toml), only on CPU runs, and never
 when the user already set it. Set JAXSEG_NO_XLA_TUNING=1 to leave XLA_FLAGS untouched.
+
+On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
+compiles the partitionable threefry random-bit generator very slowly for small shapes (the
+default U-Net's jitted init took 48.7 s to compile with it and 7.1 s without, on the 2-core
+machine of BENCHMARKS.md). Random values differ between the two settings, but both are
+deterministic and independent of the device count; accelerators keep jax's default.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ def configure_xla_flags() -> None:
         if flag.split("=")[0] not in flags:
             flags = f"{flags} {flag}".strip()
     os.environ["XLA_FLAGS"] = flags
+
+
+def configure_jax_for_backend() -> None:
+    """After `jax.distributed.initialize()` (if any) and before the first random op."""
+    import jax
+
+    if jax.default_backend() == "cpu" and not os.environ.get("JAXSEG_NO_XLA_TUNING"):
+        jax.config.update("jax_threefry_partitionable", False)
 
 
 def hide_accelerators_from_tensorflow() -> None:

@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# What train.py does on CPU (jaxseg/backend.py): the partitionable threefry compiles ~7x slower
+# on XLA:CPU for the small kernels of test-size models.
+os.environ["JAX_THREEFRY_PARTITIONABLE"] = "0"
 # TensorFlow is only the input pipeline; keep it quiet and off any accelerator.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
