@@ -1,0 +1,311 @@
+"""Our own builders from tiny archives and folders the tests write, and every bad-data error."""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import scipy.io
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from configs.default import data_config
+from jaxseg.data import datasets, pipeline
+from jaxseg.data.builders import image_folder, voc_sbd
+
+PREPARE = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+
+
+def _jpeg(height, width, seed):
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _palette_png(label):
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    image.putpalette([v for c in voc_sbd.voc_palette() for v in c])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _voc_label(height, width, cls):
+    label = np.zeros((height, width), np.uint8)
+    label[4:12, 5:15] = cls
+    label[3, 5:15] = 255  # VOC's object border: ignore
+    return label
+
+
+def _tar(path, members: dict[str, bytes]):
+    mode = "w:gz" if path.endswith(".tgz") else "w"
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _sbd_mat(label):
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"GTcls": {"Segmentation": label, "CategoriesPresent": [1]}})
+    return buffer.getvalue()
+
+
+VOC_LABELS = {"2008_000001": _voc_label(16, 20, 15), "2008_000002": _voc_label(16, 20, 7)}
+SBD_LABELS = {
+    "2009_000003": np.full((12, 18), 12, np.uint8),
+    "2009_000004": np.eye(12, 18, dtype=np.uint8) * 20,
+}
+
+
+def _write_voc_manual(manual, with_seg11=True):
+    os.makedirs(manual, exist_ok=True)
+    root = "VOCdevkit/VOC2012"
+    members = {f"{root}/ImageSets/Segmentation/val.txt": "\n".join(VOC_LABELS).encode()}
+    for i, (image_id, label) in enumerate(VOC_LABELS.items()):
+        members[f"{root}/JPEGImages/{image_id}.jpg"] = _jpeg(*label.shape, i)
+        members[f"{root}/SegmentationClass/{image_id}.png"] = _palette_png(label)
+    _tar(os.path.join(manual, voc_sbd.VOC2012_TAR), members)
+    sbd = "benchmark_RELEASE/dataset"
+    # 2008_000001 is listed in SBD train too: it must be held out because it is in seg11valid.
+    train_ids = [*SBD_LABELS, "2008_000001"]
+    members = {f"{sbd}/train.txt": "\n".join(train_ids).encode()}
+    for i, (image_id, label) in enumerate(
+        {**SBD_LABELS, "2008_000001": VOC_LABELS["2008_000001"]}.items()
+    ):
+        members[f"{sbd}/img/{image_id}.jpg"] = _jpeg(*label.shape, 10 + i)
+        members[f"{sbd}/cls/{image_id}.mat"] = _sbd_mat(label)
+    _tar(os.path.join(manual, voc_sbd.SBD_TGZ), members)
+    if with_seg11:
+        with open(os.path.join(manual, voc_sbd.SEG11VALID_TXT), "w") as f:
+            f.write("2008_000001\n")
+    else:  # derive seg11valid from VOC2011's val list minus SBD train
+        val2011 = "2008_000001\n2008_000002\n2009_000003\n"
+        _tar(
+            os.path.join(manual, voc_sbd.VOC2011_TAR),
+            {"TrainVal/VOCdevkit/VOC2011/ImageSets/Segmentation/val.txt": val2011.encode()},
+        )
+
+
+def _labels(builder, split):
+    source = builder.as_data_source(split)
+    return {source[i]["file_name"].decode(): source[i]["label"][..., 0] for i in range(len(source))}
+
+
+def test_voc_sbd_builds_the_fcn_splits_from_the_archives(tmp_path):
+    _write_voc_manual(str(tmp_path / "manual"))
+    cfg = data_config()
+    cfg.name = "voc_sbd"
+    cfg.data_dir = str(tmp_path / "tfds")
+    cfg.manual_dir = str(tmp_path / "manual")
+    cfg.eval_split = "val"
+    cfg.eval_pad_size = (16, 20)
+    cfg.crop_size = (8, 8)
+    batches = list(pipeline.make_eval_iterator(cfg, global_batch_size=2))
+    builder = datasets.dataset_spec(cfg).make_builder(cfg)
+    val = _labels(builder, "val")
+    assert sorted(val) == sorted(VOC_LABELS)
+    for image_id, label in val.items():  # palette indices are class ids; border stays 255
+        np.testing.assert_array_equal(label, VOC_LABELS[image_id])
+    assert sorted(_labels(builder, "seg11valid")) == ["2008_000001"]
+    train = _labels(builder, "train")
+    assert sorted(train) == sorted(SBD_LABELS)  # seg11valid held out of SBD train
+    for image_id, label in train.items():
+        np.testing.assert_array_equal(label, SBD_LABELS[image_id])
+    (batch,) = batches
+    assert batch["image"].shape == (2, 16, 20, 3) and batch["label"].dtype == np.int32
+    assert set(np.unique(batch["label"])) == {0, 7, 15, 255}
+    train_batch = next(pipeline.make_train_iterator(cfg, global_batch_size=2, seed=0))
+    assert train_batch["image"].shape == (2, 8, 8, 3)
+    assert set(np.unique(train_batch["label"])) <= set(range(21)) | {255}
+
+
+def test_voc_sbd_derives_seg11valid_from_voc2011(tmp_path):
+    _write_voc_manual(str(tmp_path / "manual"), with_seg11=False)
+    builder = voc_sbd.VocSbd(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=str(tmp_path / "manual"), compute_stats=tfds.download.ComputeStatsMode.SKIP
+        )
+    )
+    # VOC2011 val = {01, 02, 03}; SBD train = {03, 04, 01}: seg11valid = {02}.
+    assert sorted(_labels(builder, "seg11valid")) == ["2008_000002"]
+    assert sorted(_labels(builder, "train")) == ["2008_000001", "2009_000003", "2009_000004"]
+
+
+@pytest.mark.parametrize("present", [[], [voc_sbd.VOC2012_TAR]])
+def test_missing_manual_download_names_the_files_and_the_place(tmp_path, present):
+    manual = tmp_path / "manual"
+    if present:
+        manual.mkdir()
+        for name in present:
+            (manual / name).write_bytes(b"")
+    builder = voc_sbd.VocSbd(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    config = tfds.download.DownloadConfig(manual_dir=str(manual))
+    with pytest.raises(FileNotFoundError) as error:
+        builder.download_and_prepare(download_config=config)
+    message = str(error.value)
+    assert str(manual) in message and voc_sbd.SBD_TGZ in message
+    assert voc_sbd.SEG11VALID_TXT in message and voc_sbd.VOC2011_TAR in message
+
+
+def _folder_cfg(root, **overrides):
+    cfg = data_config()
+    cfg.name = "image_folder"
+    cfg.data_dir = str(root / "tfds")
+    cfg.folder.root = str(root / "data")
+    cfg.folder.name = "tiny"
+    cfg.folder.channels = 1
+    cfg.folder.class_names = ("background", "cell", "membrane")
+    cfg.mean, cfg.std = (0.5,), (0.25,)
+    cfg.saturation = cfg.hue = 0.0
+    cfg.crop_size = (8, 8)
+    cfg.eval_pad_size = (12, 12)
+    cfg.eval_split = "validation"
+    for key, value in overrides.items():
+        setattr(cfg.folder, key, value)
+    return cfg
+
+
+def _write_folder(root, masks: dict, images: dict | None = None, fmt="PNG"):
+    (root / "data" / "images").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for stem, mask in masks.items():
+        mask_image = Image.fromarray(mask.astype(np.uint8))
+        mask_image.save(root / "data" / "masks" / f"{stem}.png")
+        if images is None or stem not in images:
+            pixels = rng.integers(0, 255, mask.shape[:2], np.uint8)
+            Image.fromarray(pixels).save(
+                root / "data" / "images" / f"{stem}.{'tif' if fmt == 'TIFF' else fmt.lower()}",
+                format=fmt,
+            )
+        else:
+            (root / "data" / "images" / f"{stem}.png").write_bytes(images[stem])
+
+
+def _mask(value, size=(10, 12)):
+    mask = np.zeros(size, np.uint8)
+    mask[2:6, 3:9] = value
+    mask[0, 0] = 255
+    return mask
+
+
+def test_folder_of_three_greyscale_images_flows_through(tmp_path):
+    masks = {"a": _mask(1), "b": _mask(2), "c": _mask(1)}
+    _write_folder(tmp_path, masks)
+    (tmp_path / "data" / "val.txt").write_text("b\n")
+    cfg = _folder_cfg(tmp_path, val_list="val.txt")
+    train = next(pipeline.make_train_iterator(cfg, global_batch_size=2, seed=0))
+    assert train["image"].shape == (2, 8, 8, 1) and train["label"].shape == (2, 8, 8)
+    (batch,) = list(pipeline.make_eval_iterator(cfg, global_batch_size=2))
+    assert batch["valid"].tolist() == [True, False]
+    np.testing.assert_array_equal(batch["label"][0, :10, :12], masks["b"])
+    builder = datasets.dataset_spec(cfg).make_builder(cfg)
+    assert builder.info.splits["train"].num_examples == 2
+    assert sorted(_labels(builder, "train")) == ["a.png#0", "c.png#0"]
+
+
+def test_folder_with_palette_masks_and_a_tiff_stack(tmp_path):
+    colours = ((0, 0, 0), (255, 255, 255))
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(1)
+    pages = [Image.fromarray(rng.integers(0, 255, (8, 8), np.uint8)) for _ in range(3)]
+    pages[0].save(data / "images" / "stack.tif", save_all=True, append_images=pages[1:])
+    truth = [rng.integers(0, 2, (8, 8)).astype(np.uint8) for _ in range(3)]
+    masks = [Image.fromarray(t * 255) for t in truth]  # ISBI style: 0 membrane, 255 cell
+    masks[0].save(data / "masks" / "stack.tif", save_all=True, append_images=masks[1:])
+    cfg = _folder_cfg(
+        tmp_path,
+        mask_format="palette",
+        palette=colours,
+        class_names=("membrane", "cell"),
+        val_list=None,
+    )
+    builder = datasets.dataset_spec(cfg).make_builder(cfg)
+    builder.download_and_prepare(download_config=PREPARE)
+    labels = _labels(builder, "train")
+    assert sorted(labels) == ["stack.tif#0", "stack.tif#1", "stack.tif#2"]
+    for page in range(3):
+        np.testing.assert_array_equal(labels[f"stack.tif#{page}"], truth[page])
+
+
+def _prepare(cfg):
+    builder = datasets.dataset_spec(cfg).make_builder(cfg)
+    builder.download_and_prepare(download_config=PREPARE)
+
+
+def test_bad_folder_data_raises_errors_naming_the_file(tmp_path):
+    cases = {
+        "unreadable": ({"a": _mask(1)}, {"a": b"not an image"}, {}, r"a\.png: cannot read image"),
+        "size": (
+            {"a": _mask(1, (10, 12))},
+            None,
+            {},
+            r"images/a\.png is 12x11 px but its mask .*masks/a\.png is 12x10",
+        ),
+        "label id": ({"a": _mask(7)}, None, {}, r"masks/a\.png: label id\(s\) \[7\]"),
+        "empty split": ({"a": _mask(1)}, None, {"train_list": "train.txt"}, "split 'train'.*empty"),
+        "unknown stem": ({"a": _mask(1)}, None, {"val_list": "val.txt"}, r"val\.txt: 'zz'"),
+    }
+    for name, (masks, images, overrides, message) in cases.items():
+        root = tmp_path / name.replace(" ", "_")
+        _write_folder(root, masks, images)
+        (root / "data" / "train.txt").write_text("")
+        (root / "data" / "val.txt").write_text("zz\n")
+        if name == "size":  # replace the image with one of another size
+            Image.fromarray(np.zeros((11, 12), np.uint8)).save(root / "data" / "images" / "a.png")
+        with pytest.raises(ValueError, match=message):
+            _prepare(_folder_cfg(root, **overrides))
+
+
+def test_bad_palette_mask_and_unpaired_file_are_named(tmp_path):
+    root = tmp_path / "palette"
+    _write_folder(root, {"a": _mask(1)})
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[1, 1] = (12, 34, 56)
+    Image.fromarray(rgb).save(root / "data" / "masks" / "a.png")
+    cfg = _folder_cfg(root, mask_format="palette", palette=((0, 0, 0), (255, 255, 255), (9, 9, 9)))
+    with pytest.raises(ValueError, match=r"masks/a\.png: mask colour\(s\) \[\(12, 34, 56\)\]"):
+        _prepare(cfg)
+    root = tmp_path / "unpaired"
+    _write_folder(root, {"a": _mask(1)})
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "data" / "images" / "b.png")
+    with pytest.raises(ValueError, match=r"images/b\.png has no mask"):
+        _prepare(_folder_cfg(root))
+
+
+def test_bad_voc_label_is_named(tmp_path):
+    manual = tmp_path / "manual"
+    _write_voc_manual(str(manual))
+    bad = VOC_LABELS["2008_000002"].copy()
+    bad[0, 0] = 42
+    with tarfile.open(manual / voc_sbd.VOC2012_TAR, "a") as tar:
+        data = _palette_png(bad)
+        info = tarfile.TarInfo("VOCdevkit/VOC2012/SegmentationClass/2008_000002.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))  # a later member wins on extraction
+    builder = voc_sbd.VocSbd(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    config = tfds.download.DownloadConfig(
+        manual_dir=str(manual), compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
+    with pytest.raises(ValueError, match=r"2008_000002\.png: label id\(s\) \[42\]"):
+        builder.download_and_prepare(download_config=config)
+
+
+def test_folder_config_errors_name_the_key():
+    cfg = data_config()
+    with pytest.raises(ValueError, match="config.data.folder.root"):
+        image_folder.make_config(cfg.folder)
+    cfg.folder.root = "/somewhere"
+    cfg.folder.mask_format = "rgb"
+    with pytest.raises(ValueError, match="config.data.folder.mask_format"):
+        image_folder.make_config(cfg.folder)
+    cfg.folder.mask_format = "palette"
+    with pytest.raises(ValueError, match="config.data.folder.palette"):
+        image_folder.make_config(cfg.folder)
