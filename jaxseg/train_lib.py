@@ -324,7 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.1f}"
                 )
                 last_log, t_log = done, time.time()
-            bar.update(1)
+                # Steps are dispatched asynchronously; only a log step knows they have finished.
+                bar.update(done - bar.n)
             metrics_for_ckpt = None
             if done % config.eval_every_steps == 0 or done == total_steps:
                 eval_metrics = evaluator.evaluate(state)
