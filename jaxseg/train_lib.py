@@ -314,14 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             done = step + 1
             if done % config.log_every_steps == 0 or done == total_steps:
                 scalars = _check_finite(jax.device_get(train_metrics), done)
-                elapsed = time.time() - t_log
-                scalars["images_per_sec"] = (
-                    (done - last_log) * config.batch_size / max(elapsed, 1e-9)
-                )
+                if done > last_log:  # Not on the first (compiling) step alone.
+                    elapsed = time.time() - t_log
+                    scalars["images_per_sec"] = (done - last_log) * config.batch_size / elapsed
                 scalars["learning_rate"] = optim.learning_rate_at(config.optim, total_steps, step)
                 writer.write(done, scalars, "train")
                 bar.set_postfix(
-                    loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.1f}"
+                    loss=f"{scalars['loss']:.4f}", img_s=f"{scalars.get('images_per_sec', 0.0):.1f}"
                 )
                 last_log, t_log = done, time.time()
                 # Steps are dispatched asynchronously; only a log step knows they have finished.
@@ -332,12 +331,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.write(done, _scalar_metrics(eval_metrics), "eval")
                 logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
                 metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
-                t_log = time.time()  # Evaluation time is not training throughput.
             stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
             periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
             if stop or periodic or metrics_for_ckpt is not None:
                 _check_finite(jax.device_get(train_metrics), done)
                 ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
+                # Evaluation and checkpoint time is not training throughput.
+                last_log, t_log = done, time.time()
             if stop and done < total_steps:
                 logging.warning(
                     "Stopping early (preemption or max_steps_per_run) at step %d.", done

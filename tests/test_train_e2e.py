@@ -1,0 +1,440 @@
+"""train.py end to end, in subprocesses: run artifacts, a bad flag, resumption, SIGTERM, SIGKILL.
+
+Every training run here is `configs/smoke.py` with the same OVERRIDES (TOTAL_STEPS steps), so any
+run that reaches TOTAL_STEPS, however it was interrupted and resumed, must end in the same
+TrainState as the uninterrupted ("straight") run: that run is the oracle of the resume tests.
+Only the checkpoint cadence and `max_steps_per_run` vary, and neither enters the train step.
+
+Children share, session-wide under pytest's basetemp, one tfds data dir and one persistent XLA
+compilation cache: the straight run compiles, later runs load its executables from disk, which
+cuts each later run from about a minute of CPU to about 20 s. test_multiprocess.py reuses the
+helpers (and the cache) of this file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from jaxseg import checkpointing, optim, sharding, train_lib
+from jaxseg.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL_STEPS = 8
+HALF = TOTAL_STEPS // 2
+# Smoke's lr (3e-3) moves the loss by ~2% in 8 steps; 0.05 gives a ~20% drop, still stable.
+OVERRIDES = {
+    "total_steps": TOTAL_STEPS,
+    "log_every_steps": 1,
+    "eval_every_steps": HALF,
+    "optim.learning_rate": 0.05,
+}
+RUN_TIMEOUT_S = 480  # One cold run (compiles everything) takes ~60-120 s on 2 busy cores.
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's in-progress step directories: <step><suffix>.
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """Session-wide folder for the tfds data and the XLA cache, shared by both e2e modules."""
+    path = tmp_path_factory.getbasetemp() / "jaxseg_e2e_shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def child_env(shared: Path, num_devices: int, **extra: str) -> dict[str, str]:
+    """Environment of a train.py child: CPU only, `num_devices` fake devices, shared caches."""
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        CUDA_VISIBLE_DEVICES="",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+        TFDS_DATA_DIR=str(shared / "tfds"),  # Never ~/tensorflow_datasets.
+        JAX_COMPILATION_CACHE_DIR=str(shared / "xla_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        PYTHONPATH=str(REPO),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    env.update(extra)
+    return env
+
+
+def config_flags(**extra) -> list[str]:
+    """`--config.<key>=<value>` flags for OVERRIDES plus `extra` (top-level keys)."""
+    return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
+
+
+def expected_config(**extra):
+    """configs/smoke.py with the same overrides applied in-process: what config.json must hold."""
+    config = smoke.get_config()
+    for key, value in {**OVERRIDES, **extra}.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@dataclasses.dataclass
+class Run:
+    """One finished train.py process: its workdir, exit status and combined stdout/stderr."""
+
+    workdir: Path
+    log_path: Path
+    returncode: int
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, n: int = 40) -> str:
+        """The last `n` log lines that are not absl INFO lines (warnings, errors, tracebacks)."""
+        lines = [ln for ln in self.log.splitlines() if not re.match(r"I\d{4} ", ln)]
+        return f"--- {self.log_path} (rc {self.returncode}) ---\n" + "\n".join(lines[-n:])
+
+
+def start(workdir: Path, args: list[str], env: dict[str, str], name: str):
+    """Starts `python train.py --config configs/smoke.py --workdir workdir *args`."""
+    log_path = workdir.parent / f"{workdir.name}.{name}.log"
+    cmd = [sys.executable, "train.py", "--config", "configs/smoke.py", "--workdir", str(workdir)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd + args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log_path
+
+
+def finish(proc: subprocess.Popen, workdir: Path, log_path: Path) -> Run:
+    """Waits for `proc` (killing it after RUN_TIMEOUT_S) and returns its Run."""
+    try:
+        proc.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(
+            f"train.py ran over {RUN_TIMEOUT_S} s:\n"
+            + Run(workdir, log_path, proc.returncode).tail()
+        ) from None
+    return Run(workdir, log_path, proc.returncode)
+
+
+def train(workdir: Path, args: list[str], env: dict[str, str], name: str = "run") -> Run:
+    proc, log_path = start(workdir, args, env, name)
+    return finish(proc, workdir, log_path)
+
+
+def checkpoint_steps(workdir: Path) -> tuple[list[int], list[str]]:
+    """(complete steps as the train loop's Checkpointer sees them, names of partial step dirs)."""
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    try:
+        complete = ckpt.all_steps()
+    finally:
+        ckpt.close()
+    partial = sorted(p.name for p in (workdir / "checkpoints").glob("*" + TMP_SUFFIX))
+    return complete, partial
+
+
+def make_restore(config):
+    """fn(workdir, step) -> (host TrainState, extra), restored through the train loop's path."""
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    abstract, _, _ = train_lib.create_state(config, model, tx, sharding.make_mesh())
+
+    def restore(workdir: Path, step: int | str = "latest"):
+        ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+        try:
+            state, extra = ckpt.restore(abstract, step)
+        finally:
+            ckpt.close()
+        return jax.device_get(state), extra
+
+    return restore
+
+
+def assert_states_close(actual, expected, *, rtol: float = 0.0, atol: float = 1e-6) -> None:
+    """Every leaf (step, params, batch_stats, opt_state, rng) of two TrainStates agrees."""
+    flat_actual = jax.tree_util.tree_leaves_with_path(actual)
+    flat_expected = jax.tree.leaves(expected)
+    assert len(flat_actual) == len(flat_expected)
+    for (path, a), e in zip(flat_actual, flat_expected, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(e), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)
+        )
+
+
+def max_param_change(a, b) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+    with open(workdir / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@dataclasses.dataclass
+class Chain:
+    """An interrupted run, what it left on disk, and the rerun of the same command."""
+
+    first: Run
+    second: Run
+    complete_after_first: list[int]
+    partial_after_first: list[str]
+
+
+def _max_steps_chain(workdir: Path, env: dict[str, str]) -> Chain:
+    args = config_flags(checkpoint_every_steps=HALF, max_steps_per_run=HALF)
+    first = train(workdir, args, env, "first")
+    complete, partial = checkpoint_steps(workdir)
+    return Chain(first, train(workdir, args, env, "second"), complete, partial)
+
+
+@dataclasses.dataclass
+class Preemption:
+    """SIGTERM, then SIGKILL of the rerun, then a second rerun that finishes (see below)."""
+
+    sigterm: Chain  # .second is the run that got SIGKILL.
+    sigkill: Chain  # .first is that same run; .second finished the training.
+    sigterm_sent: bool
+    sigkill_sent: bool
+
+
+def _run_until(workdir, args, env, name, ready, sig) -> tuple[Run, bool]:
+    """Starts a run, sends `sig` once `ready()` holds (polled every 10 ms), waits for the end."""
+    proc, log_path = start(workdir, args, env, name)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sent = proc.poll() is None
+    if sent:
+        proc.send_signal(sig)
+    return finish(proc, workdir, log_path), sent
+
+
+def _preemption_chain(workdir: Path, env: dict[str, str]) -> Preemption:
+    """One workdir, one command (a checkpoint every step), three invocations.
+
+    1. SIGTERM once step 1's checkpoint is complete: the run should save and exit 0.
+    2. The rerun resumes; SIGKILL as soon as it is writing a checkpoint (a tmp directory
+       exists), so the kill lands mid-save and leaves a partial checkpoint behind. Saves take
+       ~1 s, far longer than the polling interval.
+    3. The second rerun must resume from the last complete checkpoint and finish.
+    Chaining SIGKILL after SIGTERM saves one process start (~20 s of CPU) over two chains.
+    """
+    args = config_flags(checkpoint_every_steps=1)
+    ckpts = workdir / "checkpoints"
+    terminated, term_sent = _run_until(
+        workdir, args, env, "sigterm", lambda: (ckpts / "1").is_dir(), signal.SIGTERM
+    )
+    complete_1, partial_1 = checkpoint_steps(workdir)
+    saving = lambda: any(ckpts.glob("*" + TMP_SUFFIX))
+    killed, kill_sent = _run_until(workdir, args, env, "sigkill", saving, signal.SIGKILL)
+    complete_2, partial_2 = checkpoint_steps(workdir)
+    final = train(workdir, args, env, "final")
+    return Preemption(
+        sigterm=Chain(terminated, killed, complete_1, partial_1),
+        sigkill=Chain(killed, final, complete_2, partial_2),
+        sigterm_sent=term_sent,
+        sigkill_sent=kill_sent,
+    )
+
+
+@dataclasses.dataclass
+class Runs:
+    """The straight run, done; the others as futures (tests wait only for what they check)."""
+
+    straight: Run
+    bad_flag: concurrent.futures.Future
+    max_steps: concurrent.futures.Future
+    preemption: concurrent.futures.Future
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Starts every run of this module; tests wait on the ones they check.
+
+    The straight run goes first and alone (bar the bad-flag run, which never compiles): it builds
+    the data set and fills the compilation cache that the two chains then load from.
+    """
+    env = child_env(shared_dir(tmp_path_factory), num_devices=8)
+    root = tmp_path_factory.mktemp("e2e")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        bad_flag = pool.submit(train, root / "bad_flag", ["--config.optim.learnig_rate=1"], env)
+        straight = train(root / "straight", config_flags(checkpoint_every_steps=HALF), env)
+        max_steps = pool.submit(_max_steps_chain, root / "max_steps", env)
+        preemption = pool.submit(_preemption_chain, root / "preemption", env)
+        yield Runs(straight, bad_flag, max_steps, preemption)
+
+
+@pytest.fixture(scope="module")
+def restore():
+    return make_restore(expected_config())
+
+
+@pytest.fixture(scope="module")
+def straight_final(runs, restore):
+    assert runs.straight.returncode == 0, runs.straight.tail()
+    state, extra = restore(runs.straight.workdir, TOTAL_STEPS)
+    assert extra["step"] == TOTAL_STEPS and int(state.step) == TOTAL_STEPS
+    return state
+
+
+@pytest.mark.slow
+def test_straight_run_writes_checkpoints_config_metrics_and_events(runs, restore, straight_final):
+    run = runs.straight
+    assert run.returncode == 0, run.tail()
+    workdir = run.workdir
+
+    # Saved every HALF steps (with each eval) and at the end; checkpoint_keep = 2 keeps both.
+    complete, partial = checkpoint_steps(workdir)
+    assert complete == [HALF, TOTAL_STEPS] and partial == []
+    # The run trained: step HALF -> TOTAL_STEPS moved the parameters (the resume tests' equality
+    # checks are therefore not vacuous).
+    halfway, _ = restore(workdir, HALF)
+    assert max_param_change(halfway.params, straight_final.params) > 1e-3
+
+    config = expected_config(checkpoint_every_steps=HALF)
+    written = json.loads((workdir / "config.json").read_text())
+    assert written == json.loads(config.to_json_best_effort())
+    assert written["total_steps"] == TOTAL_STEPS and written["optim"]["learning_rate"] == 0.05
+
+    records = read_metrics(workdir)
+    train_lines = [r for r in records if r["split"] == "train"]
+    eval_lines = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in train_lines] == list(range(1, TOTAL_STEPS + 1))
+    assert [r["step"] for r in eval_lines] == [HALF, TOTAL_STEPS]
+    for r in records:
+        bad = {k: v for k, v in r.items() if k != "split" and not math.isfinite(v)}
+        assert not bad, f"non-finite metrics at step {r['step']}: {bad}"
+    for r in eval_lines:
+        assert r["num_examples"] == 8  # smoke's num_validation, padding excluded.
+        assert r["num_pixels"] == 8 * 32 * 32
+        for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou"):
+            assert 0.0 <= r[k] <= 1.0, (k, r)
+    # The learning rate logged is the schedule's: cosine from 0.05 (no warmup) over 8 steps.
+    lrs = [r["learning_rate"] for r in train_lines]
+    expected_lrs = [0.025 * (1 + math.cos(math.pi * s / TOTAL_STEPS)) for s in range(TOTAL_STEPS)]
+    np.testing.assert_allclose(lrs, expected_lrs, rtol=1e-5)
+
+    # The final eval report holds the same numbers as the last eval line.
+    report = json.loads((workdir / "eval" / "report.json").read_text())
+    assert report["step"] == TOTAL_STEPS
+    assert report["mean_iou"] == pytest.approx(eval_lines[-1]["mean_iou"], rel=1e-9)
+
+    # TensorBoard events mirror metrics.jsonl, value for value.
+    events = _read_scalars(workdir / "tensorboard" / "train")
+    assert {s: v for (tag, s), v in events.items() if tag == "loss"} == pytest.approx(
+        {r["step"]: r["loss"] for r in train_lines}, rel=1e-6
+    )
+    eval_events = _read_scalars(workdir / "tensorboard" / "eval")
+    assert eval_events[("mean_iou", TOTAL_STEPS)] == pytest.approx(eval_lines[-1]["mean_iou"])
+
+
+def _read_scalars(folder: Path) -> dict[tuple[str, int], float]:
+    """{(tag, step): value} from the TensorBoard event files in `folder`."""
+    import tensorflow as tf
+
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event files in {folder}"
+    scalars = {}
+    for path in files:
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+@pytest.mark.slow
+def test_straight_run_training_loss_decreases(runs):
+    losses = [r["loss"] for r in read_metrics(runs.straight.workdir) if r["split"] == "train"]
+    assert len(losses) == TOTAL_STEPS
+    # A trend, not one lucky batch: the least-squares slope is negative and the last loss is
+    # clearly below the first (about 2.08 -> 1.62 when written).
+    slope = np.polyfit(np.arange(len(losses)), losses, 1)[0]
+    assert slope < 0 and losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.slow
+def test_misspelt_config_key_fails_naming_it(runs):
+    run = runs.bad_flag.result()
+    assert run.returncode != 0
+    assert "learnig_rate" in run.log, run.tail()
+    assert 'Did you mean "learning_rate"' in run.log, run.tail()
+    assert not (run.workdir / "checkpoints").exists()  # Failed before doing anything.
+
+
+@pytest.mark.slow
+def test_max_steps_per_run_then_rerun_matches_straight_run(runs, restore, straight_final):
+    chain = runs.max_steps.result()
+    assert chain.first.returncode == 0, chain.first.tail()
+    assert f"Stopping early (preemption or max_steps_per_run) at step {HALF}" in chain.first.log
+    assert chain.complete_after_first == [HALF]
+    assert chain.second.returncode == 0, chain.second.tail()
+    assert f"Resumed from step {HALF}" in chain.second.log, chain.second.tail()
+    state, _ = restore(chain.second.workdir, "latest")
+    assert int(state.step) == TOTAL_STEPS
+    assert_states_close(state, straight_final)
+    # Same parameters, same evaluation.
+    final_eval = [r for r in read_metrics(chain.second.workdir) if r["split"] == "eval"][-1]
+    straight_eval = [r for r in read_metrics(runs.straight.workdir) if r["split"] == "eval"][-1]
+    assert final_eval["mean_iou"] == pytest.approx(straight_eval["mean_iou"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_cleanly_and_the_rerun_resumes_there(
+    runs, restore, straight_final
+):
+    preemption = runs.preemption.result()
+    chain = preemption.sigterm
+    assert preemption.sigterm_sent, "the run ended before SIGTERM was sent:\n" + chain.first.tail()
+    assert chain.first.returncode == 0, chain.first.tail()
+    assert "Received signal 15" in chain.first.log, chain.first.tail()
+    stopped = re.search(r"Stopping early .* at step (\d+)", chain.first.log)
+    assert stopped, chain.first.tail()
+    stop_step = int(stopped.group(1))
+    assert 1 <= stop_step < TOTAL_STEPS
+    # The stopping step is checkpointed and is the latest; nothing is left half-written.
+    assert chain.complete_after_first[-1] == stop_step
+    assert chain.partial_after_first == []
+    # The rerun of the same command continues from there (it is then SIGKILLed, see below)...
+    assert f"Resumed from step {stop_step}" in chain.second.log, chain.second.tail()
+    # ... and the third invocation ends where the straight run did.
+    final = preemption.sigkill.second
+    assert final.returncode == 0, final.tail()
+    state, _ = restore(final.workdir, "latest")
+    assert_states_close(state, straight_final)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_save_never_restores_the_partial_checkpoint(runs, restore, straight_final):
+    preemption = runs.preemption.result()
+    chain = preemption.sigkill
+    assert preemption.sigkill_sent, "the run ended before SIGKILL was sent:\n" + chain.first.tail()
+    assert chain.first.returncode == -signal.SIGKILL, chain.first.tail()
+    # Killed while writing a step after the last complete one.
+    assert chain.complete_after_first and chain.partial_after_first, (
+        chain.complete_after_first,
+        chain.partial_after_first,
+    )
+    last_complete = chain.complete_after_first[-1]
+    partial_steps = [int(name.removesuffix(TMP_SUFFIX)) for name in chain.partial_after_first]
+    assert min(partial_steps) > last_complete
+
+    assert chain.second.returncode == 0, chain.second.tail()
+    # Resumed from the last complete step, and the partial directory was cleaned away.
+    assert f"Resumed from step {last_complete}" in chain.second.log, chain.second.tail()
+    complete, partial = checkpoint_steps(chain.second.workdir)
+    assert partial == [] and complete[-1] == TOTAL_STEPS
+    state, _ = restore(chain.second.workdir, "latest")
+    assert int(state.step) == TOTAL_STEPS
+    assert_states_close(state, straight_final)
