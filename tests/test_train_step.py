@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh
 
+from configs import default
 from jaxseg import optim, sharding, train_lib
 from jaxseg.models import build_model
 
@@ -26,26 +27,18 @@ def _config(use_batchnorm=True, dropout=0.0, accum=1):
         "dropout_rate": dropout,
     }
     c.loss = {"normalize": True, "class_weights": (), "dice_weight": 0.0}
-    c.optim = {
-        "optimizer": "sgd",
-        "learning_rate": 0.1,
-        "momentum": 0.9,
-        "nesterov": False,
-        "b1": 0.9,
-        "b2": 0.999,
-        "eps": 1e-8,
-        "weight_decay": 1e-4,
-        "weight_decay_mode": "coupled",
-        "grad_clip_norm": 0.0,
-        "schedule": "constant",
-        "warmup_steps": 0,
-        "step_boundaries": (),
-        "step_factor": 0.1,
-        "poly_power": 0.9,
-        "cosine_end_factor": 0.0,
-        "lr_multipliers": (),
-        "frozen": (),
-    }
+    # The default's fields with a plain SGD recipe (explicit values: the test pins them).
+    c.optim = default.optim_config()
+    c.optim.update(
+        optimizer="sgd",
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        weight_decay_mode="coupled",
+        grad_clip_norm=0.0,
+        schedule="constant",
+        warmup_steps=0,
+    )
     c.grad_accum_steps = accum
     return c
 
