@@ -90,7 +90,8 @@ def main():
         f"machine={platform.machine()} cpus={jax.local_device_count()}x{jax.devices()[0].platform} "
         f"model={config.model.name} size={args.size} out={oh}x{ow} batch={args.batch} "
         f"dtype={config.model.dtype} first_step_s={compile_s:.1f} step_s_median={med:.3f} "
-        f"step_s_min={min(times):.3f} step_s_max={max(times):.3f} images_per_s={args.batch / med:.2f}"
+        f"step_s_min={min(times):.3f} step_s_max={max(times):.3f} "
+        f"images_per_s={args.batch / med:.2f}"
     )
 
 

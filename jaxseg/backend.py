@@ -8,9 +8,10 @@ when the user already set it. Set JAXSEG_NO_XLA_TUNING=1 to leave XLA_FLAGS unto
 
 On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
 compiles the partitionable threefry random-bit generator very slowly for small shapes (the
-default U-Net's jitted init took 48.7 s to compile with it and 7.1 s without, on the 2-core
-machine of BENCHMARKS.md). Random values differ between the two settings, but both are
-deterministic and independent of the device count; accelerators keep jax's default.
+default U-Net's jitted init: 19.9 s with it, 6.5 s without, on the 2-core machine of
+BENCHMARKS.md; benchmarks/bench_init_compile.py). Random values differ between the two
+settings, but both are deterministic and independent of the device count; accelerators keep
+jax's default.
 """
 
 from __future__ import annotations

@@ -1,0 +1,42 @@
+r"""Compile + run time of a model's jitted initialisation, the cost of `jax_threefry_partitionable`.
+
+  python benchmarks/bench_init_compile.py --config configs/default.py --partitionable 1
+  python benchmarks/bench_init_compile.py --config configs/default.py --partitionable 0
+
+Each setting needs its own process (the setting must precede the first random op).
+"""
+
+import argparse
+import functools
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg.models import build_model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/default.py")
+    parser.add_argument("--partitionable", type=int, choices=(0, 1), required=True)
+    parser.add_argument("--size", type=int, default=32)
+    args = parser.parse_args()
+    jax.config.update("jax_threefry_partitionable", bool(args.partitionable))
+    spec = importlib.util.spec_from_file_location("bench_config", args.config)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = build_model(module.get_config().model)
+    init = jax.jit(functools.partial(model.init, train=False))
+    t0 = time.perf_counter()
+    jax.block_until_ready(init(jax.random.key(0), jnp.zeros((1, args.size, args.size, 3))))
+    print(
+        f"config={args.config} model={model.__class__.__name__} "
+        f"threefry_partitionable={bool(args.partitionable)} init_compile_and_run_s="
+        f"{time.perf_counter() - t0:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
