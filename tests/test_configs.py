@@ -12,9 +12,7 @@ from jaxseg.data import datasets
 from jaxseg.models import build_model
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / "configs"
-CONFIGS = sorted(
-    p.stem for p in CONFIG_DIR.glob("*.py") if "def get_config" in p.read_text()
-)
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if "def get_config" in p.read_text())
 
 
 def test_expected_configs_exist():
