@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from jaxseg.data import datasets, transforms
 
@@ -113,13 +114,7 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str, *, key: str):
             f"config.data.mean/std have {len(data_cfg.mean)}/{len(data_cfg.std)} values but "
             f"{spec.name} images have {spec.image_channels} channel(s)"
         )
-    builder = spec.make_builder(data_cfg)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=data_cfg.manual_dir,
-            compute_stats=tfds.download.ComputeStatsMode.SKIP,
-        )
-    )
+    builder = _prepare(spec, data_cfg)
     base = split.split("[")[0]
     known = list(builder.info.splits)  # empty under tfds.testing.mock_data: nothing to check
     if known and base not in known:
@@ -132,6 +127,25 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str, *, key: str):
     if len(source) == 0:
         raise ValueError(f"{key}: split {split!r} of {spec.name} is empty")
     return spec, source
+
+
+def _prepare(spec: datasets.DatasetSpec, data_cfg: ml_collections.ConfigDict):
+    """Builds the data set if it is not there yet; returns its builder.
+
+    In a multi-process job, concurrent builds into one shared data dir would race: process 0
+    builds first while the others wait at a barrier, then they open it (or, on host-local
+    disks, build their own copy).
+    """
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=data_cfg.manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
+    if jax.process_count() > 1:
+        if jax.process_index() == 0:
+            spec.make_builder(data_cfg).download_and_prepare(download_config=download_config)
+        multihost_utils.sync_global_devices(f"jaxseg: {spec.name} prepared by process 0")
+    builder = spec.make_builder(data_cfg)
+    builder.download_and_prepare(download_config=download_config)
+    return builder
 
 
 def _read_records(source, indices: tf.Tensor) -> tf.Tensor:
