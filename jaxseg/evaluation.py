@@ -58,6 +58,9 @@ class Evaluator:
             functools.partial(eval_step, model=model, num_classes=spec.num_classes),
             out_shardings=sharding.replicated_sharding(mesh),
         )
+        self._predict = jax.jit(
+            lambda v, x: jnp.argmax(inference.whole_image_logits(model, v, x), axis=-1)
+        )
 
     def confusion_matrix(self, state) -> tuple[np.ndarray, int]:
         """(int64 [C, C] matrix over the whole split, number of real examples)."""
@@ -88,7 +91,24 @@ class Evaluator:
         cm, num_examples = self.confusion_matrix(state)
         result = metrics.compute_metrics(cm, list(self._spec.class_names))
         result["num_examples"] = num_examples
+        result["confusion_matrix"] = cm.tolist()  # rows = truth, columns = prediction
         return result
+
+    def sample_predictions(self, state, num_examples: int = 8):
+        """(images uint8, truths, predictions) of the split's first `num_examples` examples."""
+        variables = variables_of(state)
+        batch = next(
+            iter(
+                pipeline.make_eval_iterator(
+                    self._config.data, global_batch_size=self._config.eval_batch_size
+                )
+            )
+        )
+        preds = np.asarray(jax.device_get(self._predict(variables, batch["image"])))
+        keep = np.flatnonzero(batch["valid"])[:num_examples]
+        mean, std = np.asarray(self._config.data.mean), np.asarray(self._config.data.std)
+        images = np.clip((batch["image"][keep] * std + mean) * 255, 0, 255).astype(np.uint8)
+        return list(images), list(batch["label"][keep]), list(preds[keep])
 
 
 def write_report(workdir: str, result: dict, **meta) -> str:
@@ -140,7 +160,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
         which = "latest"  # No evaluation has ranked a checkpoint yet.
     state, _ = ckpt.restore(abstract, which)
     ckpt.close()
-    result = Evaluator(config, model, mesh, spec).evaluate(state)
+    evaluator = Evaluator(config, model, mesh, spec)
+    result = evaluator.evaluate(state)
     write_report(
         workdir,
         result,
@@ -150,4 +171,20 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
         inference="whole_image",
         checkpoint=str(checkpoint),
     )
+    if jax.process_index() == 0:
+        from jaxseg import visualize  # matplotlib: only for reports
+
+        out = os.path.join(workdir, "eval")
+        visualize.save_confusion_matrix_png(
+            np.asarray(result["confusion_matrix"]),
+            list(spec.class_names),
+            os.path.join(out, "confusion_matrix.png"),
+        )
+        images, truths, preds = evaluator.sample_predictions(state)
+        visualize.save_prediction_grid(
+            images, truths, preds, spec.palette, os.path.join(out, "predictions.png")
+        )
+        curves = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(curves):
+            visualize.save_training_curves(curves, os.path.join(out, "curves.png"))
     return result

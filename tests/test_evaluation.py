@@ -78,4 +78,8 @@ def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config):
                 spec.num_classes * t[keep] + p[keep], minlength=spec.num_classes**2
             ).reshape(spec.num_classes, spec.num_classes)
     assert seen == 11 == result["num_examples"]
-    assert result == {**metrics.compute_metrics(cm, list(spec.class_names)), "num_examples": 11}
+    assert result == {
+        **metrics.compute_metrics(cm, list(spec.class_names)),
+        "num_examples": 11,
+        "confusion_matrix": cm.tolist(),
+    }

@@ -1,0 +1,212 @@
+"""Segments image files with a trained run: palette PNG masks (and overlays) at each image's size.
+
+Used by predict.py. Images are read with PIL, scaled to [0, 1] and normalised exactly like the
+input pipeline (`(x - config.data.mean) / config.data.std`). Each image is mirror-padded up to a
+multiple of `BUCKET` px per side before the jitted forward pass, so a folder of photos of many
+sizes compiles once per bucket shape rather than once per image; the labels are cropped back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from PIL import Image, UnidentifiedImageError
+
+from jaxseg import inference, visualize
+
+BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets up to depth 5.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+
+def predict_step(variables, images: jax.Array, *, model: nn.Module) -> jax.Array:
+    """images: float32 [N, H, W, C] normalised -> class ids int32 [N, H, W]; pure, jit-able."""
+    return jnp.argmax(inference.whole_image_logits(model, variables, images), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """A restored model and what is needed to feed it raw images.
+
+    Attributes:
+      predict: jitted fn(variables, images [1, H, W, C] float32) -> int32 [1, H, W].
+      variables: {"params": ..., optionally "batch_stats": ...} on one device.
+      mean, std: per-channel normalisation, [0, 1] image units (config.data.mean/std).
+      channels: 1 (greyscale) or 3 (RGB), the data set's image_channels.
+      palette: RGB per class id.
+      bucket: padded sides are multiples of this (px).
+      step: the training step of the restored checkpoint.
+    """
+
+    predict: Callable
+    variables: dict
+    mean: np.ndarray
+    std: np.ndarray
+    channels: int
+    palette: tuple[tuple[int, int, int], ...]
+    bucket: int
+    step: int
+
+
+def load_predictor(workdir: str, checkpoint: str | int = "best") -> Predictor:
+    """Restores checkpoint "best", "latest" or a step number of the run in `workdir`.
+
+    "best" falls back to "latest" when no evaluation has ranked a checkpoint yet.
+    """
+    from jaxseg import checkpointing, evaluation, optim, sharding, train_lib
+    from jaxseg.data import datasets
+    from jaxseg.models import UNet, build_model
+
+    config = checkpointing.read_config(workdir)
+    spec = datasets.dataset_spec(config.data)
+    channels = spec.image_channels
+    mean, std = (np.asarray(v, np.float32) for v in (config.data.mean, config.data.std))
+    for key, v in (("mean", mean), ("std", std)):
+        if v.shape != (channels,):
+            raise ValueError(
+                f"config.data.{key} in {workdir}/config.json has {v.size} values but data set "
+                f"{spec.name!r} has {channels}-channel images"
+            )
+    model = build_model(config.model)
+    mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    abstract, _, _ = train_lib.create_state(config, model, tx, mesh)
+    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
+        if not ckpt.all_steps():
+            raise FileNotFoundError(f"no checkpoints in {ckpt.directory}: train first (train.py)")
+        which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
+        if which == "best" and ckpt.best_step() is None:
+            which = "latest"
+        state, _ = ckpt.restore(abstract, which)
+    # One image at a time does not shard; a single device avoids 8x redundant compute on a mesh.
+    variables = jax.device_put(evaluation.variables_of(state), jax.local_devices()[0])
+    bucket = BUCKET
+    if isinstance(model, UNet) and model.padding == "SAME":
+        bucket = max(bucket, 2**model.depth)  # Both powers of two: max is the lcm.
+    return Predictor(
+        predict=jax.jit(functools.partial(predict_step, model=model)),
+        variables=variables,
+        mean=mean,
+        std=std,
+        channels=channels,
+        palette=tuple(tuple(int(v) for v in c) for c in spec.palette),
+        bucket=bucket,
+        step=int(jax.device_get(state.step)),
+    )
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+    """Reads an image file as float32 [H, W, channels] in [0, 1] (first frame of a multi-page
+    file; 16-bit greyscale scaled by 1/65535, as tf.image.convert_image_dtype does in training).
+
+    Raises:
+      ValueError naming `path` if PIL cannot read it.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode.startswith("I;16"):
+                data = np.asarray(img, np.float32) / 65535.0
+                if channels == 3:
+                    data = np.repeat(data[..., None], 3, axis=-1)
+            else:
+                data = np.asarray(img.convert("L" if channels == 1 else "RGB"), np.float32) / 255
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        # PIL raises SyntaxError for some corrupt headers (e.g. broken PNG chunks).
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return data.reshape(data.shape[0], data.shape[1], channels)
+
+
+def bucket_shape(height: int, width: int, multiple: int = BUCKET) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of `multiple`."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def predict_image(predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """image: float32 [H, W, C] in [0, 1] -> uint8 class ids [H, W]."""
+    h, w, _ = image.shape
+    x = (image - predictor.mean) / predictor.std
+    ph, pw = bucket_shape(h, w, predictor.bucket)
+    # Mirror padding keeps border statistics natural; numpy reflects repeatedly when the pad is
+    # wider than the image. A 1-px side cannot be reflected, so it is repeated instead.
+    mode = "reflect" if min(h, w) > 1 else "edge"
+    x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
+    labels = predictor.predict(predictor.variables, x[None])
+    return np.asarray(jax.device_get(labels))[0, :h, :w].astype(np.uint8)
+
+
+def save_mask(labels: np.ndarray, palette: visualize.Palette, path: str) -> None:
+    """Writes uint8 class ids [H, W] as a PIL mode "P" PNG whose palette is the data set's."""
+    img = Image.fromarray(np.asarray(labels, np.uint8))  # mode "L"; putpalette makes it "P".
+    flat = np.zeros((256, 3), np.uint8)
+    flat[: len(palette)] = np.asarray(palette, np.uint8)
+    img.putpalette(flat.reshape(-1).tolist())
+    img.save(path)
+
+
+def list_inputs(inputs: str) -> list[str]:
+    """A folder (its image files, sorted) or a comma-separated list of files -> paths."""
+    if os.path.isdir(inputs):
+        paths = sorted(
+            os.path.join(inputs, f)
+            for f in os.listdir(inputs)
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not paths:
+            raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {inputs}")
+        return paths
+    paths = [p.strip() for p in inputs.split(",") if p.strip()]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        raise FileNotFoundError(f"--input: no such file(s): {missing or inputs!r}")
+    return paths
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[str],
+    output_dir: str,
+    *,
+    save_overlay: bool = False,
+    alpha: float = 0.5,
+) -> list[str]:
+    """Segments each file into `<output_dir>/<stem>.png` (palette mask at the image's size) and,
+    with `save_overlay`, `<stem>_overlay.png`. Returns the mask paths in input order."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ValueError(f"inputs share file stems {clashes}: their masks would overwrite")
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for path, stem in zip(tqdm.tqdm(paths, desc="predict", unit="img"), stems, strict=True):
+        image = read_image(path, predictor.channels)
+        labels = predict_image(predictor, image)
+        mask_path = os.path.join(output_dir, f"{stem}.png")
+        save_mask(labels, predictor.palette, mask_path)
+        if save_overlay:
+            pixels = np.rint(image * 255).astype(np.uint8)
+            blended = visualize.overlay(pixels, labels, predictor.palette, alpha)
+            Image.fromarray(blended).save(os.path.join(output_dir, f"{stem}_overlay.png"))
+        written.append(mask_path)
+    return written
+
+
+def predict(
+    workdir: str, inputs: str, output_dir: str, checkpoint: str = "best", overlay: bool = False
+) -> list[str]:
+    """predict.py's one call: restore `checkpoint` of `workdir`, segment `inputs` (a folder or a
+    comma-separated list of files) into `output_dir`. Returns the mask paths."""
+    paths = list_inputs(inputs)
+    # Read errors should surface before a restore and compile, not after.
+    for p in paths:
+        if not os.access(p, os.R_OK):
+            raise ValueError(f"cannot read image {p}: permission denied")
+    predictor = load_predictor(workdir, checkpoint)
+    return predict_files(predictor, paths, output_dir, save_overlay=overlay)

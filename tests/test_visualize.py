@@ -1,0 +1,114 @@
+"""Visual reports: colours and blends against hand-computed pixels; PNGs of the right size that
+actually show something. Host-only, no jax."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxseg import visualize
+
+PALETTE = ((10, 20, 30), (200, 100, 0), (0, 255, 0))
+
+
+def _png(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_colorize_maps_ids_to_palette_and_ignore_to_black():
+    label = np.array([[0, 1], [2, 255]])
+    got = visualize.colorize(label, PALETTE)
+    want = np.array([[[10, 20, 30], [200, 100, 0]], [[0, 255, 0], [0, 0, 0]]], np.uint8)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+
+
+def test_colorize_rejects_ids_outside_the_palette():
+    with pytest.raises(ValueError, match=r"ids \[3\] outside"):
+        visualize.colorize(np.array([[0, 3]]), PALETTE)
+
+
+def test_overlay_blends_by_alpha_and_leaves_ignore_pixels_bare():
+    image = np.array([[[100, 100, 100], [0, 50, 255]]], np.uint8)
+    label = np.array([[1, 255]])
+    got = visualize.overlay(image, label, PALETTE, alpha=0.25)
+    # 0.75 * 100 + 0.25 * (200, 100, 0) = (125, 100, 75); the ignore pixel keeps the image.
+    np.testing.assert_array_equal(got, [[[125, 100, 75], [0, 50, 255]]])
+    # Greyscale input is broadcast to RGB: 0.5 * 9 + 0.5 * (10, 20, 30) = (9.5, 14.5, 19.5),
+    # which rounds half to even.
+    grey = visualize.overlay(np.full((1, 1), 9, np.uint8), np.zeros((1, 1), int), PALETTE, 0.5)
+    np.testing.assert_array_equal(grey, [[[10, 14, 20]]])
+
+
+def test_overlay_checks_sizes():
+    with pytest.raises(ValueError, match="sizes differ"):
+        visualize.overlay(np.zeros((2, 3, 3), np.uint8), np.zeros((3, 2), int), PALETTE)
+
+
+def test_row_normalize_matches_hand_values_and_keeps_empty_rows_zero():
+    cm = np.array([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
+    want = [[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.25, 0.25, 0.5]]
+    np.testing.assert_allclose(visualize.row_normalize(cm), want)
+
+
+def test_confusion_matrix_png(tmp_path):
+    cm = np.array([[50, 5, 0], [10, 40, 0], [0, 0, 0]])
+    path = visualize.save_confusion_matrix_png(cm, ["sky", "road", "car"], str(tmp_path / "cm.png"))
+    pixels = _png(path)
+    # figsize (4 + 0.45 * 3 + 1.5, 4 + 0.45 * 3) inches at 100 dpi.
+    assert pixels.shape == (535, 685, 3)
+    assert pixels.std() > 0
+    with pytest.raises(ValueError, match="does not match 2 class names"):
+        visualize.save_confusion_matrix_png(cm, ["a", "b"], str(tmp_path / "bad.png"))
+
+
+def test_prediction_grid_png(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 24, 3), np.uint8), rng.integers(0, 256, (20, 20), np.uint8)]
+    truths = [rng.integers(0, 3, (16, 24)), np.full((20, 20), 255)]
+    preds = [rng.integers(0, 3, (16, 24)), np.zeros((20, 20), int)]
+    path = visualize.save_prediction_grid(images, truths, preds, PALETTE, str(tmp_path / "g.png"))
+    pixels = _png(path)
+    assert pixels.shape == (600, 900, 3)  # 2 rows x 3 panels, (9, 3 * 2) inches at 100 dpi
+    assert pixels.std() > 0
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_metric_series_sorts_and_lets_a_resumed_step_win():
+    records = [
+        {"step": 4, "split": "train", "loss": 2.0},
+        {"step": 2, "split": "train", "loss": 3.0},
+        {"step": 4, "split": "train", "loss": 1.5},  # a resumed run logging step 4 again
+        {"step": 4, "split": "eval", "loss": 9.0},
+    ]
+    assert visualize.metric_series(records, "train", "loss") == ([2, 4], [3.0, 1.5])
+
+
+def test_training_curves_png(tmp_path):
+    records = [
+        {"step": s, "split": "train", "loss": 2.0 / s, "learning_rate": 1e-3 * (1 - s / 10)}
+        for s in range(1, 10)
+    ] + [{"step": s, "split": "eval", "mean_iou": 0.1 * s} for s in (3, 6, 9)]
+    _write_jsonl(tmp_path / "metrics.jsonl", records)
+    path = visualize.save_training_curves(str(tmp_path / "metrics.jsonl"), str(tmp_path / "c.png"))
+    pixels = _png(path)
+    assert pixels.shape == (400, 1500, 3)
+    assert pixels.std() > 0
+    # The three panels each drew a line: every third of the picture has non-white pixels.
+    for third in np.array_split(pixels, 3, axis=1):
+        assert (third < 200).any()
+
+
+def test_training_curves_errors_name_the_file_and_line(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        visualize.save_training_curves(str(missing), str(tmp_path / "c.png"))
+    bad = tmp_path / "metrics.jsonl"
+    bad.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2,\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
+        visualize.save_training_curves(str(bad), str(tmp_path / "c.png"))
