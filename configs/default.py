@@ -140,6 +140,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.class_weights = ()  # Per-class CE weights, () = uniform.
     config.loss.dice_weight = 0.0  # Adds dice_weight * soft Dice to the CE loss.
 
+    # Inference used by evaluation (train loop and eval.py): jaxseg.inference.predict_logits.
+    config.eval = ml_collections.ConfigDict()
+    # "whole_image", "sliding_window" (needs crop, stride) or "overlap_tile" (valid U-Net).
+    config.eval.mode = "whole_image"
+    config.eval.crop = (0, 0)  # sliding_window: window (height, width), px.
+    config.eval.stride = (0, 0)  # sliding_window: step (height, width), px.
+    config.eval.tile_in = (0, 0)  # overlap_tile: input tile (height, width), e.g. (572, 572).
+    config.eval.flip = False  # Also average the left-right mirrored prediction.
+    config.eval.scales = (1.0,)  # Average over these input scales (multi-scale testing).
+
     config.optim = optim_config()
     config.data = data_config()
     return config

@@ -45,6 +45,10 @@ def get_config():
     o.schedule = "constant"
     o.warmup_steps = 0
 
+    # The paper's overlap-tile strategy: 572 px input tiles with mirrored borders.
+    config.eval.mode = "overlap_tile"
+    config.eval.tile_in = (572, 572)
+
     d = config.data
     d.name = "image_folder"
     d.eval_split = "validation"

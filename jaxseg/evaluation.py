@@ -21,7 +21,22 @@ from jaxseg import inference, metrics, sharding
 from jaxseg.data import pipeline
 
 
-def eval_step(variables, batch, *, model: nn.Module, num_classes: int) -> jax.Array:
+def inference_fn(model: nn.Module, eval_cfg):
+    """`config.eval` -> fn(variables, images) -> logits at the images' size (not jitted)."""
+    nonzero = lambda pair: tuple(pair) if any(pair) else None
+    return functools.partial(
+        inference.predict_logits,
+        model,
+        mode=eval_cfg.mode,
+        crop=nonzero(eval_cfg.crop),
+        stride=nonzero(eval_cfg.stride),
+        tile_in=nonzero(eval_cfg.tile_in),
+        flip=eval_cfg.flip,
+        scales=tuple(eval_cfg.scales),
+    )
+
+
+def eval_step(variables, batch, *, predict, num_classes: int) -> jax.Array:
     """Confusion matrix of one global batch; pure.
 
     Args:
@@ -32,7 +47,7 @@ def eval_step(variables, batch, *, model: nn.Module, num_classes: int) -> jax.Ar
     Returns:
       ([C, C] int32 matrix, rows = truth, columns = prediction; int32 count of real examples).
     """
-    logits = inference.whole_image_logits(model, variables, batch["image"])
+    logits = predict(variables, batch["image"])
     preds = jnp.argmax(logits, axis=-1)
     cm = metrics.confusion_matrix(batch["label"], preds, num_classes, batch["valid"])
     return cm, jnp.sum(batch["valid"].astype(jnp.int32))
@@ -54,13 +69,12 @@ class Evaluator:
         self._spec = spec
         self._mesh = mesh
         self._batch_sharding = sharding.batch_sharding(mesh)
+        predict = inference_fn(model, config.eval)
         self._step = jax.jit(
-            functools.partial(eval_step, model=model, num_classes=spec.num_classes),
+            functools.partial(eval_step, predict=predict, num_classes=spec.num_classes),
             out_shardings=sharding.replicated_sharding(mesh),
         )
-        self._predict = jax.jit(
-            lambda v, x: jnp.argmax(inference.whole_image_logits(model, v, x), axis=-1)
-        )
+        self._predict = jax.jit(lambda v, x: jnp.argmax(predict(v, x), axis=-1))
 
     def confusion_matrix(self, state) -> tuple[np.ndarray, int]:
         """(int64 [C, C] matrix over the whole split, number of real examples)."""
@@ -168,7 +182,9 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
         step=int(jax.device_get(state.step)),
         dataset=spec.name,
         split=config.data.eval_split,
-        inference="whole_image",
+        inference=config.eval.mode,
+        flip=config.eval.flip,
+        scales=list(config.eval.scales),
         checkpoint=str(checkpoint),
     )
     if jax.process_index() == 0:

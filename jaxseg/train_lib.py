@@ -353,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step=total_steps,
             dataset=spec.name,
             split=config.data.eval_split,
-            inference="whole_image",
+            inference=config.eval.mode,
             checkpoint="final",
         )
         logging.info("Final eval: mIoU %.4f; report in %s", eval_metrics["mean_iou"], path)

@@ -83,3 +83,28 @@ def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config):
         "num_examples": 11,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def test_evaluator_follows_config_eval_mode(smoke_config):
+    """config.eval picks the inference: one 32 px window over the 32 px eval canvas reproduces
+    whole-image metrics exactly (the window maths is tested in test_inference.py), and flip TTA
+    runs through the same jitted step."""
+    config = smoke_config
+    spec = datasets.dataset_spec(config.data)
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    mesh = sharding.make_mesh()
+    _, _, init = train_lib.create_state(config, model, tx, mesh)
+    state = init(jax.random.key(3))
+    whole = evaluation.Evaluator(config, model, mesh, spec).evaluate(state)
+    windowed = config.copy_and_resolve_references()
+    windowed.eval.mode, windowed.eval.crop, windowed.eval.stride = (
+        "sliding_window",
+        (32, 32),
+        (32, 32),
+    )
+    assert evaluation.Evaluator(windowed, model, mesh, spec).evaluate(state) == whole
+    flipped = config.copy_and_resolve_references()
+    flipped.eval.flip = True
+    result = evaluation.Evaluator(flipped, model, mesh, spec).evaluate(state)
+    assert result["num_examples"] == whole["num_examples"] and 0 <= result["mean_iou"] <= 1
