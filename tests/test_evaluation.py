@@ -66,17 +66,7 @@ def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config):
     # Oracle: every real example once, on the host, with numpy bincount.
     variables = jax.device_get(evaluation.variables_of(state))
     apply = jax.jit(functools.partial(inference.whole_image_logits, model))
-    cm = np.zeros((spec.num_classes,) * 2, np.int64)
-    seen = 0
-    for batch in pipeline.make_eval_iterator(config.data, global_batch_size=config.eval_batch_size):
-        pred = np.asarray(apply(variables, batch["image"]).argmax(-1))
-        for i in np.flatnonzero(batch["valid"]):
-            seen += 1
-            t, p = batch["label"][i].ravel(), pred[i].ravel()
-            keep = t != 255
-            cm += np.bincount(
-                spec.num_classes * t[keep] + p[keep], minlength=spec.num_classes**2
-            ).reshape(spec.num_classes, spec.num_classes)
+    cm, seen = _oracle_confusion(config, functools.partial(apply, variables), spec.num_classes)
     assert seen == 11 == result["num_examples"]
     assert result == {
         **metrics.compute_metrics(cm, list(spec.class_names)),
