@@ -59,12 +59,13 @@ def main():
     if args.memory_passes:
         evaluator = evaluation.Evaluator(config, model, mesh, datasets.dataset_spec(config.data))
         evaluator.evaluate(state)  # compile, build the data set
-        start = rss_mb()
+        rss = [rss_mb()]
         for _ in range(args.memory_passes):
             result = evaluator.evaluate(state)
+            rss.append(rss_mb())
         print(
             f"memory: {args.memory_passes} passes x {result['num_examples']} images: "
-            f"RSS {start:.0f} MB before, {rss_mb():.0f} MB after"
+            f"RSS MB before and after each pass: {[round(r) for r in rss]}"
         )
         return
 
