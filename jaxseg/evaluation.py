@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import inference, metrics, sharding
-from jaxseg.data import pipeline
+from jaxseg.data import datasets, pipeline
 
 
 def inference_fn(model: nn.Module, eval_cfg):
@@ -75,15 +75,16 @@ class Evaluator:
             out_shardings=sharding.replicated_sharding(mesh),
         )
         self._predict = jax.jit(lambda v, x: jnp.argmax(predict(v, x), axis=-1))
+        # Re-iterable: the split is opened once, then read again at every evaluation.
+        self._batches = pipeline.make_eval_iterator(
+            config.data, global_batch_size=config.eval_batch_size
+        )
 
     def confusion_matrix(self, state) -> tuple[np.ndarray, int]:
         """(int64 [C, C] matrix over the whole split, number of real examples)."""
         variables = variables_of(state)
         total, num_examples, pending = None, 0, None
-        batches = pipeline.make_eval_iterator(
-            self._config.data, global_batch_size=self._config.eval_batch_size
-        )
-        for local in batches:
+        for local in self._batches:
             out = self._step(variables, pipeline.to_global(local, self._batch_sharding))
             # Fetch the previous batch's matrix while this one computes.
             if pending is not None:
@@ -111,13 +112,7 @@ class Evaluator:
     def sample_predictions(self, state, num_examples: int = 8):
         """(images uint8, truths, predictions) of the split's first `num_examples` examples."""
         variables = variables_of(state)
-        batch = next(
-            iter(
-                pipeline.make_eval_iterator(
-                    self._config.data, global_batch_size=self._config.eval_batch_size
-                )
-            )
-        )
+        batch = next(iter(self._batches))
         preds = np.asarray(jax.device_get(self._predict(variables, batch["image"])))
         keep = np.flatnonzero(batch["valid"])[:num_examples]
         mean, std = np.asarray(self._config.data.mean), np.asarray(self._config.data.std)
@@ -157,23 +152,11 @@ def write_report(workdir: str, result: dict, **meta) -> str:
 def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
     """Restores `checkpoint` ("best", "latest" or a step) of the run in `workdir`, evaluates it
     on `config.data.eval_split` and writes `<workdir>/eval/report.json`. Used by eval.py."""
-    from jaxseg import checkpointing, optim, train_lib
-    from jaxseg.data import datasets
-    from jaxseg.models import build_model
+    from jaxseg import train_lib  # train_lib imports this module
 
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
     spec = datasets.dataset_spec(config.data)
-    model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    abstract, _, _ = train_lib.create_state(config, model, tx, mesh)
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    if not ckpt.all_steps():
-        raise FileNotFoundError(f"no checkpoints in {ckpt.directory}: train first (train.py)")
-    which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-    if which == "best" and ckpt.best_step() is None:
-        which = "latest"  # No evaluation has ranked a checkpoint yet.
-    state, _ = ckpt.restore(abstract, which)
-    ckpt.close()
+    model, state = train_lib.restore_checkpoint(config, workdir, checkpoint, mesh)
     evaluator = Evaluator(config, model, mesh, spec)
     result = evaluator.evaluate(state)
     write_report(

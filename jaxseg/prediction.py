@@ -60,9 +60,9 @@ def load_predictor(workdir: str, checkpoint: str | int = "best") -> Predictor:
 
     "best" falls back to "latest" when no evaluation has ranked a checkpoint yet.
     """
-    from jaxseg import checkpointing, evaluation, optim, sharding, train_lib
+    from jaxseg import checkpointing, evaluation, train_lib
     from jaxseg.data import datasets
-    from jaxseg.models import UNet, build_model
+    from jaxseg.models import UNet
 
     config = checkpointing.read_config(workdir)
     spec = datasets.dataset_spec(config.data)
@@ -74,17 +74,7 @@ def load_predictor(workdir: str, checkpoint: str | int = "best") -> Predictor:
                 f"config.data.{key} in {workdir}/config.json has {v.size} values but data set "
                 f"{spec.name!r} has {channels}-channel images"
             )
-    model = build_model(config.model)
-    mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    abstract, _, _ = train_lib.create_state(config, model, tx, mesh)
-    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
-        if not ckpt.all_steps():
-            raise FileNotFoundError(f"no checkpoints in {ckpt.directory}: train first (train.py)")
-        which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-        if which == "best" and ckpt.best_step() is None:
-            which = "latest"
-        state, _ = ckpt.restore(abstract, which)
+    model, state = train_lib.restore_checkpoint(config, workdir, checkpoint)
     # One image at a time does not shard; a single device avoids 8x redundant compute on a mesh.
     variables = jax.device_put(evaluation.variables_of(state), jax.local_devices()[0])
     bucket = BUCKET

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import tqdm
 
-from jaxseg import checkpointing, evaluation, losses, metric_writers, optim, sharding
+from jaxseg import checkpointing, evaluation, losses, metric_writers, metrics, optim, sharding
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model
 from jaxseg.models.layers import center_crop
@@ -91,8 +91,9 @@ def _loss_fn(params, batch_stats, micro, dropout_rng, *, model, loss_cfg, num_cl
     if loss_cfg.dice_weight:
         dice = losses.dice_loss(logits, labels, valid=micro.get("valid"))
         total = total + loss_cfg.dice_weight * dice * norm
-    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & (labels != 255))
-    scored = jnp.sum(labels != 255)
+    scored_mask = metrics.pixel_mask(labels, num_classes, micro.get("valid"))
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & scored_mask)
+    scored = jnp.sum(scored_mask)
     new_stats = updates.get("batch_stats", batch_stats) if mutable else batch_stats
     return total, (norm, new_stats, correct, scored)
 
@@ -201,6 +202,25 @@ def create_state(config, model, tx, mesh):
     return sharding.with_shardings(abstract, shardings), shardings, jit_init
 
 
+def restore_checkpoint(config, workdir: str, checkpoint="latest", mesh=None):
+    """(model, TrainState) of `checkpoint` ("best", "latest" or a step) of the run in `workdir`.
+
+    "best" falls back to "latest" while no evaluation has ranked a checkpoint yet.
+    """
+    mesh = mesh or sharding.make_mesh(num_fsdp=config.mesh.fsdp)
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    abstract, _, _ = create_state(config, model, tx, mesh)
+    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
+        if not ckpt.all_steps():
+            raise FileNotFoundError(f"no checkpoints in {ckpt.directory}: train first (train.py)")
+        which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
+        if which == "best" and ckpt.best_step() is None:
+            which = "latest"
+        state, _ = ckpt.restore(abstract, which)
+    return model, state
+
+
 def _initial_weights(config, state: TrainState, abstract: TrainState) -> TrainState:
     """Applies `config.init_from`: "" (none), a run's workdir, or "vgg16:<weights file>"."""
     source = config.init_from
@@ -220,12 +240,7 @@ def _initial_weights(config, state: TrainState, abstract: TrainState) -> TrainSt
     # Another run: restore it with its own model's tree, then copy every parameter both models
     # share (same path, same shape). FCN-16s from FCN-32s keeps its new score_pool4 init.
     other_config = checkpointing.read_config(source)
-    other_model = build_model(other_config.model)
-    other_tx = optim.make_optimizer(other_config.optim, other_config.total_steps)
-    other_abstract, _, _ = create_state(other_config, other_model, other_tx, _mesh_of(abstract))
-    other = checkpointing.Checkpointer(source, read_only=True)
-    restored, _ = other.restore(other_abstract, "latest")
-    other.close()
+    _, restored = restore_checkpoint(other_config, source, "latest", _mesh_of(abstract))
     params, copied = _merge_shared(state.params, restored.params)
     batch_stats, _ = _merge_shared(state.batch_stats, restored.batch_stats)
     logging.info("Initialised %d parameter arrays from run %s", copied, source)

@@ -53,15 +53,23 @@ def smoke_config(tmp_path_factory):
     return config
 
 
-def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config):
+@pytest.fixture(scope="module")
+def random_run(smoke_config):
+    """A randomly initialised smoke state and its whole-image evaluation, shared by tests."""
     config = smoke_config
     spec = datasets.dataset_spec(config.data)
     model = build_model(config.model)
     tx = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh()
-    _, shardings, init = train_lib.create_state(config, model, tx, mesh)
+    _, _, init = train_lib.create_state(config, model, tx, mesh)
     state = init(jax.random.key(3))
     result = evaluation.Evaluator(config, model, mesh, spec).evaluate(state)
+    return spec, model, mesh, state, result
+
+
+def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config, random_run):
+    config = smoke_config
+    spec, model, mesh, state, result = random_run
 
     # Oracle: every real example once, on the host, with numpy bincount.
     variables = jax.device_get(evaluation.variables_of(state))
@@ -75,18 +83,12 @@ def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config):
     }
 
 
-def test_evaluator_follows_config_eval_mode(smoke_config):
+def test_evaluator_follows_config_eval_mode(smoke_config, random_run):
     """config.eval picks the inference: one 32 px window over the 32 px eval canvas reproduces
     whole-image metrics exactly (the window maths is tested in test_inference.py), and flip TTA
     runs through the same jitted step."""
     config = smoke_config
-    spec = datasets.dataset_spec(config.data)
-    model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    mesh = sharding.make_mesh()
-    _, _, init = train_lib.create_state(config, model, tx, mesh)
-    state = init(jax.random.key(3))
-    whole = evaluation.Evaluator(config, model, mesh, spec).evaluate(state)
+    spec, model, mesh, state, whole = random_run
     windowed = config.copy_and_resolve_references()
     windowed.eval.mode, windowed.eval.crop, windowed.eval.stride = (
         "sliding_window",
@@ -153,14 +155,7 @@ def test_eval_checkpoint_report_equals_numpy_and_writes_figures(smoke_config, tm
     train_lib.train_and_evaluate(config, workdir)
     result = evaluation.evaluate_checkpoint(config, workdir, "latest")
 
-    model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    from jaxseg import checkpointing
-
-    abstract, _, _ = train_lib.create_state(config, model, tx, sharding.make_mesh())
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    state, _ = ckpt.restore(abstract, "latest")
-    ckpt.close()
+    model, state = train_lib.restore_checkpoint(config, workdir, "latest")
     variables = jax.device_get(evaluation.variables_of(state))
     apply = jax.jit(functools.partial(inference.whole_image_logits, model))
     spec = datasets.dataset_spec(config.data)

@@ -39,13 +39,7 @@ def trained_run(tmp_path_factory, data_dir):
 
 
 def _restore(config, workdir, step="latest"):
-    model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    abstract, _, _ = train_lib.create_state(config, model, tx, sharding.make_mesh())
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    state, extra = ckpt.restore(abstract, step)
-    ckpt.close()
-    return state, extra
+    return train_lib.restore_checkpoint(config, workdir, step)[1]
 
 
 def test_run_writes_report_and_checkpoint(trained_run):
@@ -58,7 +52,7 @@ def test_run_writes_report_and_checkpoint(trained_run):
 
 def test_init_from_run_copies_every_shared_parameter(trained_run, data_dir):
     workdir, _ = trained_run
-    source, _ = _restore(_smoke(data_dir), workdir)
+    source = _restore(_smoke(data_dir), workdir)
     # A different decoder: bilinear up-sampling has [1, 1, C, C/2] kernels, not [2, 2, C, C/2].
     config = _smoke(data_dir, **{"model.upsampling": "bilinear", "init_from": workdir})
     model = build_model(config.model)
@@ -91,7 +85,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(trained_run, data_dir, 
     ckpt = checkpointing.Checkpointer(copy, read_only=True)
     assert ckpt.all_steps() == [3]
     ckpt.close()
-    state, _ = _restore(_smoke(data_dir), copy, 3)
+    state = _restore(_smoke(data_dir), copy, 3)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
