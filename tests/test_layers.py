@@ -58,6 +58,32 @@ def test_upconv_equals_conv_transpose_in_outputs_and_gradients():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_fast, g_ref)
 
 
+@pytest.mark.parametrize(
+    "kernel, padding, shape",
+    [
+        ((7, 7), "VALID", (2, 9, 10, 5)),
+        ((7, 7), "SAME", (1, 4, 6, 5)),
+        ((2, 4), "SAME", (2, 5, 7, 3)),
+    ],
+)
+def test_patch_matmul_conv_equals_conv_in_outputs_and_gradients(kernel, padding, shape):
+    x = _rand(shape)
+    fast = layers.PatchMatmulConv(6, kernel, padding)
+    ref = nn.Conv(6, kernel, padding=padding)
+    params = fast.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + _rand(p.shape, seed=2), params)  # nonzero bias too
+    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    f_fast = lambda p, x: fast.apply(p, x)
+    f_ref = lambda p, x: ref.apply(p, x)
+    assert f_fast(params, x).shape == f_ref(params, x).shape
+    np.testing.assert_allclose(f_fast(params, x), f_ref(params, x), atol=1e-4, rtol=1e-5)
+    g_fast = jax.grad(lambda p, x: jnp.sum(f_fast(p, x) ** 2), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(f_ref(p, x) ** 2), argnums=(0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-5), g_fast, g_ref)
+
+
 def test_bilinear_resize_equals_jax_image_resize():
     x = _rand((2, 5, 7, 3))
     _value_and_grad_equal(

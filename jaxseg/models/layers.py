@@ -85,6 +85,57 @@ class UpConv2x2(nn.Module):
         return y if bias is None else y + bias
 
 
+def im2col(x: Array, kernel_size: tuple[int, int]) -> Array:
+    """[N, H, W, C] -> [N, H - kh + 1, W - kw + 1, kh * kw * C]: each valid window as one row.
+
+    Ordered (i, j, c), like a [kh, kw, C, C_out] kernel reshaped to [kh * kw * C, C_out].
+    """
+    kh, kw = kernel_size
+    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    return jnp.concatenate(
+        [x[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], axis=-1
+    )
+
+
+class PatchMatmulConv(nn.Module):
+    """A stride-1 conv as one matmul over im2col patches; for big kernels on small maps.
+
+    FCN's fc6 (7x7, 512 -> 4096 on pool5) is the case: XLA:CPU ran its weight gradient at well
+    under half the speed of the same FLOPs as a matmul, while the patches of a pool5-sized map
+    are small (49 x 512 values per output pixel). Parameters have the names, shapes and
+    meaning of `nn.Conv(features, kernel_size, padding=padding)`'s, so weights and checkpoints
+    are interchangeable.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    padding: str = "VALID"  # "VALID" or "SAME" (stride 1: total padding k - 1, extra after)
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = self.kernel_size
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.padding == "SAME":
+            pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in (kh, kw)]
+            x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+        elif self.padding != "VALID":
+            raise ValueError(f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
+        y = im2col(x, (kh, kw)) @ kernel.reshape(-1, self.features)
+        return y if bias is None else y + bias
+
+
 def bilinear_kernel_1d(size: int) -> np.ndarray:
     """The 1-D bilinear interpolation filter of the FCN reference release (`upsample_filt`).
 
