@@ -1,49 +1,77 @@
-r"""Train-step throughput of a config's model: compile time, step time, images/s.
+r"""Train-step speed of a model: compile time, step time, images/s, FLOPs, "MFU", peak memory.
 
-  python benchmarks/bench_train_step.py --config configs/default.py --size 256 --batch 4
-  python benchmarks/bench_train_step.py --config configs/fcn8s_voc.py --size 512 --batch 2
+  python benchmarks/bench_train_step.py --model unet_paper --size 256 --batch 4
+  python benchmarks/bench_train_step.py --model fcn8s --size 512 --batch 1 --dtype bfloat16
+  python benchmarks/bench_train_step.py --model configs/default.py --size 96 --batch 16
 
-Times the real jitted `train_lib.train_step` (with the config's optimiser and loss) on random
-data of the given size, after one warm-up step; prints the median and spread of --repeats steps.
+--model is a preset of benchmarks/presets.py (unet_paper, unet_default, fcn8s, fcn32s, ...) or a
+config file. Times the real jitted `train_lib.train_step` (the config's optimiser and loss) on
+random data: compile time, then the first step, one warm-up step and --repeats timed steps
+(median, min, max). FLOPs are counted analytically from the step's jaxpr (`jaxseg.flops`:
+convolutions and matmuls of the forward and backward pass); GFLOP/s is divided by this
+machine's matmul peak, measured in the same run (`--no-peak` skips it). Peak memory is XLA's
+buffer plan for the step plus, on CPU, the process's peak RSS; on GPUs the device's peak.
+Prints a readable line and a `RESULT {json}` line (collected by benchmarks/side_by_side.py).
 """
 
-from jaxseg import backend
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxseg import backend  # noqa: E402
 
 backend.configure_xla_flags()
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import importlib.util  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxseg import optim, sharding, train_lib  # noqa: E402
+from benchmarks import common, presets  # noqa: E402
+from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
 from jaxseg.models import build_model, output_size  # noqa: E402
 
 
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def device_peak_mb(compiled) -> dict[str, float]:
+    """XLA's planned bytes for one call (arguments + outputs + temporaries - donated) and the
+    measured peak: the device's on accelerators, the process RSS on CPU."""
+    out = {}
+    analysis = compiled.memory_analysis()
+    if analysis is not None:
+        planned = (
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes
+        )
+        out["xla_planned_mb"] = planned / 2**20
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        out["peak_mem_mb"] = stats["peak_bytes_in_use"] / 2**20
+    else:
+        out["peak_mem_mb"] = common.peak_rss_mb()
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/default.py")
+    parser.add_argument("--model", "--config", dest="model", default="unet_default")
     parser.add_argument("--size", type=int, default=256, help="square input side, px")
     parser.add_argument("--batch", type=int, default=4, help="global batch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default=None, help="override model.dtype (float32/bfloat16)")
     parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument(
+        "--override", action="append", default=[], help="config override key=value, repeatable"
+    )
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     args = parser.parse_args()
     backend.configure_jax_for_backend()
 
-    config = load_config(args.config)
+    config = presets.load(args.model, args.override)
     config.batch_size = args.batch
     config.grad_accum_steps = 1
     config.data.crop_size = (args.size, args.size)
@@ -64,34 +92,69 @@ def main():
     step = train_lib.make_train_step(config, model, tx, mesh, shardings)
 
     rng = np.random.default_rng(0)
-    oh, ow = output_size(model, (args.size, args.size))
+    shape = (args.batch, args.size, args.size)
     batch = {
-        "image": rng.normal(size=(args.batch, args.size, args.size, args.channels)).astype(
-            np.float32
-        ),
-        "label": rng.integers(
-            0, config.model.num_classes, (args.batch, args.size, args.size)
-        ).astype(np.int32),
+        "image": rng.normal(size=(*shape, args.channels)).astype(np.float32),
+        "label": rng.integers(0, config.model.num_classes, shape).astype(np.int32),
     }
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
 
+    step_flops = flops.count_flops(step, state, batch)
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    fwd_flops = flops.count_flops(
+        lambda v, x: model.apply(v, x, train=False), variables, batch["image"]
+    )
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+
     t0 = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
+    compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        state, metrics = step(state, batch)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    print(
-        f"machine={platform.machine()} cpus={jax.local_device_count()}x{jax.devices()[0].platform} "
-        f"model={config.model.name} size={args.size} out={oh}x{ow} batch={args.batch} "
-        f"dtype={config.model.dtype} first_step_s={compile_s:.1f} step_s_median={med:.3f} "
-        f"step_s_min={min(times):.3f} step_s_max={max(times):.3f} "
-        f"images_per_s={args.batch / med:.2f}"
+
+    stats = common.time_repeats(run, args.repeats)
+    stats["first_step_s"] += compile_s
+    memory = device_peak_mb(compiled)
+    peak = None if args.no_peak else common.jax_matmul_peak(config.model.dtype)
+    images_per_s = args.batch / stats["step_s_median"]
+    gflops = step_flops / stats["step_s_median"] / 1e9
+    device = jax.devices()[0]
+    record = {
+        "framework": f"jax {jax.__version__}",
+        "model": args.model,
+        "size": args.size,
+        "batch": args.batch,
+        "dtype": config.model.dtype,
+        "mode": "jit",
+        "device": f"{jax.device_count()}x {device.device_kind}",
+        "machine": common.machine(),
+        "params": int(params),
+        "out": list(output_size(model, (args.size, args.size))),
+        "compile_s": compile_s,
+        **stats,
+        "images_per_s": images_per_s,
+        "flops_per_image": step_flops / args.batch,
+        "flops_per_image_fwd": fwd_flops / args.batch,
+        "gflops_per_s": gflops,
+        **memory,
+    }
+    if peak:
+        record["peak_gflops"] = peak
+        record["mfu"] = gflops / peak
+    common.emit(
+        record,
+        f"{args.model} {args.size}px b{args.batch} {config.model.dtype} on {record['device']}: "
+        f"compile {compile_s:.1f} s, first step {stats['first_step_s']:.1f} s, "
+        f"step {stats['step_s_median']:.3f} s ({stats['step_s_min']:.3f}-"
+        f"{stats['step_s_max']:.3f}), {images_per_s:.2f} img/s, "
+        f"{step_flops / args.batch / 1e9:.1f} GFLOP/img, {gflops:.1f} GFLOP/s"
+        + (f" = {gflops / peak:.0%} of matmul peak {peak:.0f}" if peak else "")
+        + f", peak mem {memory['peak_mem_mb']:.0f} MB",
     )
 
 

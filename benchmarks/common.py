@@ -1,0 +1,85 @@
+"""What every benchmark script shares: the timing loop, the machine, peaks, and result lines.
+
+Framework-neutral at import (the PyTorch peer uses it without jax); `jax_matmul_peak` imports jax
+when called. Every script prints a human-readable line and a `RESULT {json}` line per
+measurement, which `side_by_side.py` collects into one table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+
+def machine() -> str:
+    """CPU model, logical CPU count and OS (the GPU, if any, is named by each framework)."""
+    model = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.readlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        model = names[0] if names else model
+        cpu_flags = next((line for line in lines if line.startswith("flags")), "").split()
+        flags = "avx512" if "avx512f" in cpu_flags else "avx2" if "avx2" in cpu_flags else ""
+    except OSError:
+        pass
+    flags = f", {flags}" if flags else ""
+    system = f"{platform.system()} {platform.release()}"
+    return f"{model}{flags}, {os.cpu_count()} logical CPUs, {system}"
+
+
+def time_repeats(step: Callable[[], object], repeats: int) -> dict[str, float]:
+    """Times the first call (compile + run), one more warm-up, then `repeats` calls.
+
+    `step` must block until its work is done. Returns first_step_s and the median, min and max
+    of the timed calls.
+    """
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {
+        "first_step_s": first,
+        "step_s_median": statistics.median(times),
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def jax_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """Measured matmul GFLOP/s of the default jax device: median of `repeats` n x n products.
+
+    bfloat16 multiplies bf16 inputs accumulating in f32 (preferred_element_type), the way the
+    models' bf16 matmuls run. On accelerators a larger n is used to reach the peak.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    if jax.default_backend() != "cpu":
+        n = max(n, 8192)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+    stats = time_repeats(lambda: matmul(a, a).block_until_ready(), repeats)
+    return 2 * n**3 / stats["step_s_median"] / 1e9
+
+
+def emit(record: dict, human: str) -> None:
+    """Prints a human-readable line and the machine-readable `RESULT {json}` line."""
+    print(human, flush=True)
+    print("RESULT " + json.dumps(record, sort_keys=True), flush=True)
