@@ -1,30 +1,38 @@
-r"""Evaluation throughput (images/s) per inference mode, and host memory over a long evaluation.
+r"""Evaluation speed per inference mode, and host memory over a long evaluation.
 
-  python benchmarks/bench_eval.py --config configs/default.py --size 256 --batch 4
-  python benchmarks/bench_eval.py --config configs/fcn8s_voc.py --size 512 --batch 1
-  python benchmarks/bench_eval.py --config configs/default.py --memory_passes 5
+  python benchmarks/bench_eval.py --model unet_paper --size 256 --batch 4
+  python benchmarks/bench_eval.py --model fcn8s --size 512 --batch 1 --dtype bfloat16
+  python benchmarks/bench_eval.py --model configs/default.py --memory_passes 5
 
-Throughput: the jitted `evaluation.eval_step` (inference + on-device confusion matrix) of a
-randomly initialised model on random [batch, size, size, 3] images, for whole-image and
-sliding-window inference (window = size/2, stride = size/4), median of --repeats after warm-up.
+Speed: the jitted `evaluation.eval_step` (inference + on-device confusion matrix) of a randomly
+initialised model on random [batch, size, size, 3] images, for whole-image and sliding-window
+inference (window = size/2, stride = size/4): compile time, first call, median/min/max of
+--repeats calls after a warm-up, images/s, FLOPs per image counted from the jaxpr
+(`jaxseg.flops`), GFLOP/s and its fraction of the measured matmul peak, peak memory. --model is a
+preset of benchmarks/presets.py or a config file.
 Memory: RSS of this process before and after `Evaluator.evaluate` runs --memory_passes times over
 the config's evaluation split (the default's synthetic validation set).
 """
 
-from jaxseg import backend
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxseg import backend  # noqa: E402
 
 backend.configure_xla_flags()
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import importlib.util  # noqa: E402
-import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxseg import evaluation, optim, sharding, train_lib  # noqa: E402
+from benchmarks import common, presets  # noqa: E402
+from benchmarks.bench_train_step import device_peak_mb  # noqa: E402
+from jaxseg import evaluation, flops, optim, sharding, train_lib  # noqa: E402
 from jaxseg.data import datasets  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 
@@ -37,18 +45,19 @@ def rss_mb() -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/default.py")
+    parser.add_argument("--model", "--config", dest="model", default="unet_default")
+    parser.add_argument("--dtype", default=None, help="override model.dtype (float32/bfloat16)")
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory_passes", type=int, default=0)
     args = parser.parse_args()
     backend.configure_jax_for_backend()
-    spec_ = importlib.util.spec_from_file_location("bench_config", args.config)
-    module = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(module)
-    config = module.get_config()
+    config = presets.load(args.model)
     config.data.crop_size = (args.size, args.size)
+    if args.dtype:
+        config.model.dtype = args.dtype
     model = build_model(config.model)
     tx = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh()
@@ -77,6 +86,7 @@ def main():
     }
     batch["label"] = batch["label"].astype(np.int32)
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    peak = None if args.no_peak else common.jax_matmul_peak(config.model.dtype)
     half, quarter = args.size // 2, args.size // 4
     for mode, crop, stride in (
         ("whole_image", (0, 0), (0, 0)),
@@ -90,19 +100,44 @@ def main():
                 num_classes=config.model.num_classes,
             )
         )
+        counted = flops.count_flops(step, variables, batch)
         t0 = time.perf_counter()
-        jax.block_until_ready(step(variables, batch))
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(step(variables, batch))
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        print(
-            f"model={config.model.name} mode={mode} size={args.size} batch={args.batch} "
-            f"window={crop} stride={stride} first_s={first:.1f} step_s_median={med:.3f} "
-            f"(min {min(times):.3f}, max {max(times):.3f}) images_per_s={args.batch / med:.2f}"
+        compiled = step.lower(variables, batch).compile()
+        compile_s = time.perf_counter() - t0
+        stats = common.time_repeats(
+            lambda: jax.block_until_ready(compiled(variables, batch)),  # noqa: B023
+            args.repeats,
+        )
+        stats["first_step_s"] += compile_s
+        ips = args.batch / stats["step_s_median"]
+        gflops = counted / stats["step_s_median"] / 1e9
+        record = {
+            "framework": f"jax {jax.__version__}",
+            "model": args.model,
+            "mode": mode,
+            "size": args.size,
+            "batch": args.batch,
+            "dtype": config.model.dtype,
+            "window": list(crop),
+            "stride": list(stride),
+            "compile_s": compile_s,
+            **stats,
+            "images_per_s": ips,
+            "flops_per_image": counted / args.batch,
+            "gflops_per_s": gflops,
+            **device_peak_mb(compiled),
+        }
+        if peak:
+            record.update(peak_gflops=peak, mfu=gflops / peak)
+        common.emit(
+            record,
+            f"{args.model} {mode} {args.size}px b{args.batch} {config.model.dtype} "
+            f"window={crop} stride={stride}: compile {compile_s:.1f} s, "
+            f"step {stats['step_s_median']:.3f} s ({stats['step_s_min']:.3f}-"
+            f"{stats['step_s_max']:.3f}), {ips:.2f} img/s, {counted / args.batch / 1e9:.1f} "
+            f"GFLOP/img, {gflops:.1f} GFLOP/s"
+            + (f" = {gflops / peak:.0%} of matmul peak {peak:.0f}" if peak else "")
+            + f", peak mem {record['peak_mem_mb']:.0f} MB",
         )
 
 

@@ -13,26 +13,17 @@ pipeline should deliver at least 3x the training step's images/s.
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import time
 
-from configs.default import data_config
-from jaxseg.data import pipeline
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        model = names[0] if names else model
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+from benchmarks import common  # noqa: E402
+from configs.default import data_config  # noqa: E402
+from jaxseg.data import pipeline  # noqa: E402
 
 
 def _time_build(data_dir: str, size: int, num_train: int, num_validation: int) -> float:
@@ -59,7 +50,7 @@ def main():
     args = parser.parse_args()
 
     print("command:", "python " + shlex.join(sys.argv))
-    print("machine:", _machine())
+    print("machine:", common.machine())
     with tempfile.TemporaryDirectory() as data_dir:
         if args.build_default:
             seconds = _time_build(os.path.join(data_dir, "default"), 128, 3000, 300)
@@ -80,10 +71,19 @@ def main():
                 for _ in range(args.batches):
                     next(iterator)
                 rates.append(args.batches * args.batch / (time.perf_counter() - start))
-            print(
+            common.emit(
+                {
+                    "size": size,
+                    "batch": args.batch,
+                    "images_per_s": statistics.median(rates),
+                    "images_per_s_min": min(rates),
+                    "images_per_s_max": max(rates),
+                    "peak_mem_mb": common.peak_rss_mb(),
+                },
                 f"{size}x{size}: {statistics.median(rates):.1f} images/s "
                 f"(median of {args.repeats}; min {min(rates):.1f}, max {max(rates):.1f}; "
-                f"batch {args.batch}; {args.num_images} images built in {build:.1f} s)"
+                f"batch {args.batch}; {args.num_images} images built in {build:.1f} s; "
+                f"peak RSS {common.peak_rss_mb():.0f} MB)",
             )
 
 

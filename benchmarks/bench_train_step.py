@@ -59,8 +59,8 @@ def device_peak_mb(compiled) -> dict[str, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
-    parser.add_argument("--size", type=int, default=256, help="square input side, px")
-    parser.add_argument("--batch", type=int, default=4, help="global batch")
+    parser.add_argument("--size", type=int, default=256, help="square side, px; 0: config's crop")
+    parser.add_argument("--batch", type=int, default=4, help="global batch; 0: config's batch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default=None, help="override model.dtype (float32/bfloat16)")
     parser.add_argument("--channels", type=int, default=3)
@@ -68,13 +68,19 @@ def main():
         "--override", action="append", default=[], help="config override key=value, repeatable"
     )
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
+    parser.add_argument(
+        "--compile-only", action="store_true", help="only compile the step (compile time check)"
+    )
     args = parser.parse_args()
     backend.configure_jax_for_backend()
 
     config = presets.load(args.model, args.override)
-    config.batch_size = args.batch
-    config.grad_accum_steps = 1
-    config.data.crop_size = (args.size, args.size)
+    if args.batch:
+        config.batch_size = args.batch
+    if args.size:
+        config.data.crop_size = (args.size, args.size)
+    batch_size, (height, width) = config.batch_size, config.data.crop_size
+    size = f"{height}x{width}"
     if args.dtype:
         config.model.dtype = args.dtype
     model = build_model(config.model)
@@ -84,7 +90,7 @@ def main():
         train_lib.init_state,
         model=model,
         tx=tx,
-        input_shape=(1, args.size, args.size, args.channels),
+        input_shape=(1, height, width, args.channels),
     )
     abstract = jax.eval_shape(init, jax.random.key(0))
     shardings = sharding.state_shardings(abstract, mesh)
@@ -92,7 +98,7 @@ def main():
     step = train_lib.make_train_step(config, model, tx, mesh, shardings)
 
     rng = np.random.default_rng(0)
-    shape = (args.batch, args.size, args.size)
+    shape = (batch_size, height, width)
     batch = {
         "image": rng.normal(size=(*shape, args.channels)).astype(np.float32),
         "label": rng.integers(0, config.model.num_classes, shape).astype(np.int32),
@@ -111,6 +117,13 @@ def main():
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    if args.compile_only:
+        common.emit(
+            {"model": args.model, "size": size, "batch": batch_size, "compile_s": compile_s},
+            f"{args.model} {size} b{batch_size} grad_accum {config.grad_accum_steps} "
+            f"{config.model.dtype}: train step compiled in {compile_s:.1f} s",
+        )
+        return
     holder = {"state": state}
 
     def run():
@@ -121,25 +134,25 @@ def main():
     stats["first_step_s"] += compile_s
     memory = device_peak_mb(compiled)
     peak = None if args.no_peak else common.jax_matmul_peak(config.model.dtype)
-    images_per_s = args.batch / stats["step_s_median"]
+    images_per_s = batch_size / stats["step_s_median"]
     gflops = step_flops / stats["step_s_median"] / 1e9
     device = jax.devices()[0]
     record = {
         "framework": f"jax {jax.__version__}",
         "model": args.model,
-        "size": args.size,
-        "batch": args.batch,
+        "size": size,
+        "batch": batch_size,
         "dtype": config.model.dtype,
         "mode": "jit",
         "device": f"{jax.device_count()}x {device.device_kind}",
         "machine": common.machine(),
         "params": int(params),
-        "out": list(output_size(model, (args.size, args.size))),
+        "out": list(output_size(model, (height, width))),
         "compile_s": compile_s,
         **stats,
         "images_per_s": images_per_s,
-        "flops_per_image": step_flops / args.batch,
-        "flops_per_image_fwd": fwd_flops / args.batch,
+        "flops_per_image": step_flops / batch_size,
+        "flops_per_image_fwd": fwd_flops / batch_size,
         "gflops_per_s": gflops,
         **memory,
     }
@@ -148,11 +161,11 @@ def main():
         record["mfu"] = gflops / peak
     common.emit(
         record,
-        f"{args.model} {args.size}px b{args.batch} {config.model.dtype} on {record['device']}: "
+        f"{args.model} {size} b{batch_size} {config.model.dtype} on {record['device']}: "
         f"compile {compile_s:.1f} s, first step {stats['first_step_s']:.1f} s, "
         f"step {stats['step_s_median']:.3f} s ({stats['step_s_min']:.3f}-"
         f"{stats['step_s_max']:.3f}), {images_per_s:.2f} img/s, "
-        f"{step_flops / args.batch / 1e9:.1f} GFLOP/img, {gflops:.1f} GFLOP/s"
+        f"{step_flops / batch_size / 1e9:.1f} GFLOP/img, {gflops:.1f} GFLOP/s"
         + (f" = {gflops / peak:.0%} of matmul peak {peak:.0f}" if peak else "")
         + f", peak mem {memory['peak_mem_mb']:.0f} MB",
     )

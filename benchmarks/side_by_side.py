@@ -54,7 +54,8 @@ def table(rows: list[dict]) -> str:
     lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["size"], r["batch"], r["dtype"]), []).append(r)
+        size = r["size"] if "x" in str(r["size"]) else f"{r['size']}x{r['size']}"
+        groups.setdefault((r["model"], size, r["batch"], r["dtype"]), []).append(r)
     for (model, size, batch, dtype), group in groups.items():
         peak = max(r.get("peak_gflops", float("nan")) for r in group)
         jax_rows = [r for r in group if r["framework"].startswith("jax")]

@@ -12,6 +12,16 @@ default U-Net's jitted init: 19.9 s with it, 6.5 s without, on the 2-core machin
 BENCHMARKS.md; benchmarks/bench_init_compile.py). Random values differ between the two
 settings, but both are deterministic and independent of the device count; accelerators keep
 jax's default.
+
+Left at jax's defaults, deliberately (measured in BENCHMARKS.md):
+- Layout: models are NHWC throughout and XLA chooses physical layouts itself; there is no
+  channels_last switch to remember (PyTorch needs one for its fast CPU/GPU convolutions).
+- Matmul precision: jax's default, under which f32 convolutions and matmuls on recent NVIDIA
+  GPUs run as TF32 (PyTorch's cuDNN convolutions do the same by default). Set
+  `jax.config.update("jax_default_matmul_precision", "highest")` for full f32 products.
+- bfloat16 (`config.model.dtype`): on CPUs without native bf16 arithmetic (AVX2, no
+  AVX512-BF16/AMX) XLA runs bf16 convolutions at about f32 speed (it computes in f32), so bf16
+  saves memory but not time there; on GPUs/TPUs it is the fast path.
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""Benchmark tooling (no time is asserted): presets, the timing harness, the side-by-side table."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import common, presets, side_by_side
+from jaxseg.models import build_model
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_preset_builds_its_model(name):
+    config = presets.load(name)
+    model = build_model(config.model)
+    size = 188 if config.model.name == "unet" else 64  # 188 is a valid U-Net input
+    x = jnp.zeros((1, size, size, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    assert "params" in variables
+
+
+def test_overrides_are_typed_and_unknown_keys_rejected():
+    config = presets.load("unet_default", ["model.base_width=8", "model.dtype=bfloat16"])
+    assert config.model.base_width == 8 and config.model.dtype == "bfloat16"
+    assert presets.load("unet_paper").model.name == "unet_padded"
+    with pytest.raises(KeyError, match="model.widht"):
+        presets.load("unet_default", ["model.widht=8"])
+    with pytest.raises(ValueError, match="unknown model"):
+        presets.load("no_such_preset")
+
+
+def test_time_repeats_calls_first_warmup_and_repeats():
+    calls = []
+    stats = common.time_repeats(lambda: calls.append(1), repeats=4)
+    assert len(calls) == 1 + 1 + 4
+    assert stats["step_s_min"] <= stats["step_s_median"] <= stats["step_s_max"]
+
+
+def test_side_by_side_table_ratios_and_shared_peak():
+    base = dict(model="unet_paper", batch=4, dtype="float32", step_s_min=1.0, step_s_max=1.2)
+    jax_row = dict(
+        base,
+        framework="jax 0.10.2",
+        mode="jit",
+        size="256x256",
+        first_step_s=9.0,
+        step_s_median=1.0,
+        images_per_s=4.0,
+        flops_per_image=1e9,
+        peak_mem_mb=100.0,
+        peak_gflops=10.0,
+    )
+    torch_row = dict(
+        base,
+        framework="torch 2.13.0",
+        mode="eager",
+        channels_last=True,
+        size=256,
+        first_step_s=2.0,
+        step_s_median=2.0,
+        images_per_s=2.0,
+        flops_per_image=1e9,
+        peak_mem_mb=200.0,
+        peak_gflops=8.0,
+    )
+    lines = side_by_side.table([jax_row, torch_row]).splitlines()
+    assert len(lines) == 4  # header, rule, one row each: "256" and "256x256" are one group
+    # JAX: 4 img/s x 1 GFLOP = 4 GFLOP/s, 40% of the higher (10) peak; 2x PyTorch's speed.
+    assert "| 4.0 | 40% of 10 |" in lines[2]
+    assert "torch 2.13.0 eager channels_last" in lines[3] and lines[3].endswith("| 2.00x |")
