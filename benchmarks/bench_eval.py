@@ -31,7 +31,6 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common, presets  # noqa: E402
-from benchmarks.bench_train_step import device_peak_mb  # noqa: E402
 from jaxseg import evaluation, flops, optim, sharding, train_lib  # noqa: E402
 from jaxseg.data import datasets  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
@@ -125,7 +124,7 @@ def main():
             "images_per_s": ips,
             "flops_per_image": counted / args.batch,
             "gflops_per_s": gflops,
-            **device_peak_mb(compiled),
+            **common.device_peak_mb(compiled),
         }
         if peak:
             record.update(peak_gflops=peak, mfu=gflops / peak)

@@ -35,27 +35,6 @@ from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
 from jaxseg.models import build_model, output_size  # noqa: E402
 
 
-def device_peak_mb(compiled) -> dict[str, float]:
-    """XLA's planned bytes for one call (arguments + outputs + temporaries - donated) and the
-    measured peak: the device's on accelerators, the process RSS on CPU."""
-    out = {}
-    analysis = compiled.memory_analysis()
-    if analysis is not None:
-        planned = (
-            analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-            + analysis.temp_size_in_bytes
-            - analysis.alias_size_in_bytes
-        )
-        out["xla_planned_mb"] = planned / 2**20
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        out["peak_mem_mb"] = stats["peak_bytes_in_use"] / 2**20
-    else:
-        out["peak_mem_mb"] = common.peak_rss_mb()
-    return out
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
@@ -132,7 +111,7 @@ def main():
 
     stats = common.time_repeats(run, args.repeats)
     stats["first_step_s"] += compile_s
-    memory = device_peak_mb(compiled)
+    memory = common.device_peak_mb(compiled)
     peak = None if args.no_peak else common.jax_matmul_peak(config.model.dtype)
     images_per_s = batch_size / stats["step_s_median"]
     gflops = step_flops / stats["step_s_median"] / 1e9

@@ -79,6 +79,29 @@ def jax_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> 
     return 2 * n**3 / stats["step_s_median"] / 1e9
 
 
+def device_peak_mb(compiled) -> dict[str, float]:
+    """XLA's planned bytes for one call (arguments + outputs + temporaries - donated) and the
+    measured peak: the device's on accelerators, the process RSS on CPU."""
+    import jax
+
+    out = {}
+    analysis = compiled.memory_analysis()
+    if analysis is not None:
+        planned = (
+            analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes
+        )
+        out["xla_planned_mb"] = planned / 2**20
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        out["peak_mem_mb"] = stats["peak_bytes_in_use"] / 2**20
+    else:
+        out["peak_mem_mb"] = peak_rss_mb()
+    return out
+
+
 def emit(record: dict, human: str) -> None:
     """Prints a human-readable line and the machine-readable `RESULT {json}` line."""
     print(human, flush=True)
