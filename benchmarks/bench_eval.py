@@ -85,7 +85,7 @@ def main():
     }
     batch["label"] = batch["label"].astype(np.int32)
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-    peak = None if args.no_peak else common.jax_matmul_peak(config.model.dtype)
+    peak = None if args.no_peak else common.jax_peak_for(config.model.dtype)
     half, quarter = args.size // 2, args.size // 4
     for mode, crop, stride in (
         ("whole_image", (0, 0), (0, 0)),

@@ -112,7 +112,7 @@ def main():
     stats = common.time_repeats(run, args.repeats)
     stats["first_step_s"] += compile_s
     memory = common.device_peak_mb(compiled)
-    peak = None if args.no_peak else common.jax_matmul_peak(config.model.dtype)
+    peak = None if args.no_peak else common.jax_peak_for(config.model.dtype)
     images_per_s = batch_size / stats["step_s_median"]
     gflops = step_flops / stats["step_s_median"] / 1e9
     device = jax.devices()[0]

@@ -102,6 +102,14 @@ def device_peak_mb(compiled) -> dict[str, float]:
     return out
 
 
+def jax_peak_for(dtype: str) -> float:
+    """The matmul peak a `dtype` network is measured against: for bfloat16 the higher of the bf16
+    and f32 peaks, since bf16 values multiply exactly in f32 and CPUs without bf16 arithmetic
+    (XLA computes bf16 in f32 there) reach the f32 peak, not the slower bf16 one."""
+    peak = jax_matmul_peak(dtype)
+    return max(peak, jax_matmul_peak("float32")) if dtype == "bfloat16" else peak
+
+
 def emit(record: dict, human: str) -> None:
     """Prints a human-readable line and the machine-readable `RESULT {json}` line."""
     print(human, flush=True)

@@ -9,8 +9,8 @@ benchmarks/peer_torch.py (PyTorch, channels_last, each --torch-modes) one after 
 fresh process (so compile times and peak memory are per run), and prints a Markdown table:
 compile / first step, step time (median, min-max), images/s, FLOPs per image (JAX counts them
 from its jaxpr, PyTorch with its FlopCounterMode: they must agree, or the networks differ),
-GFLOP/s, the fraction of the machine's matmul peak (the higher of the two frameworks' measured
-peaks for that dtype), peak memory, and JAX's speed relative to each PyTorch run. --out appends
+GFLOP/s, the fraction of the machine's matmul peak (the highest peak the runs of that dtype
+measured; for bfloat16 that includes the f32 peak, see common.jax_peak_for), peak memory, and JAX's speed relative to each PyTorch run. --out appends
 every RESULT record to a JSON-lines file. Needs the `[bench]` extra (torch).
 """
 
@@ -89,7 +89,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out", default=None, help="append RESULT records to this JSONL file")
+    parser.add_argument("--table", default=None, help="only print the table of a --out file")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+        return
 
     rows = []
     for model in args.models:
