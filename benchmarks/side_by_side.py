@@ -10,8 +10,9 @@ fresh process (so compile times and peak memory are per run), and prints a Markd
 compile / first step, step time (median, min-max), images/s, FLOPs per image (JAX counts them
 from its jaxpr, PyTorch with its FlopCounterMode: they must agree, or the networks differ),
 GFLOP/s, the fraction of the machine's matmul peak (the highest peak the runs of that dtype
-measured; for bfloat16 that includes the f32 peak, see common.jax_peak_for), peak memory, and JAX's speed relative to each PyTorch run. --out appends
-every RESULT record to a JSON-lines file. Needs the `[bench]` extra (torch).
+measured; for bfloat16 that includes the f32 peak, see common.jax_peak_for), peak memory, and
+JAX's speed relative to each PyTorch run. --out appends every RESULT record to a JSON-lines
+file; --table prints the table of such a file. Needs the `[bench]` extra (torch).
 """
 
 import argparse
