@@ -19,9 +19,16 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {
     # The paper's U-Net (64..1024 channels, 2x2 up-convs, no BN, SGD momentum 0.99) with padded
     # convs, so any multiple of 16 is a valid input: the network the performance issue timed.
-    "unet_paper": ("configs/unet_isbi.py", ("model.name=unet_padded", "loss.class_weights=()")),
+    # RGB input (ISBI is greyscale), as in the issue's PyTorch measurement.
+    "unet_paper": (
+        "configs/unet_isbi.py",
+        ("model.name=unet_padded", "loss.class_weights=()", "data.folder.channels=3"),
+    ),
     # The paper's valid-convolution U-Net (572 -> 388 tiles).
-    "unet_paper_valid": ("configs/unet_isbi.py", ("loss.class_weights=()",)),
+    "unet_paper_valid": (
+        "configs/unet_isbi.py",
+        ("loss.class_weights=()", "data.folder.channels=3"),
+    ),
     # The embedded default: width 16, BatchNorm, AdamW with clipping.
     "unet_default": ("configs/default.py", ()),
     # The FCN reference recipes (pad 100, ceil pools, crops; SGD momentum 0.99, summed loss).
