@@ -99,10 +99,11 @@ def main():
                 num_classes=config.model.num_classes,
             )
         )
-        counted = flops.count_flops(step, variables, batch)
         t0 = time.perf_counter()
-        compiled = step.lower(variables, batch).compile()
+        traced = step.trace(variables, batch)  # traced once: compiled and its FLOPs counted
+        compiled = traced.lower().compile()
         compile_s = time.perf_counter() - t0
+        counted = flops.jaxpr_flops(traced.jaxpr)
         stats = common.time_repeats(
             lambda: jax.block_until_ready(compiled(variables, batch)),  # noqa: B023
             args.repeats,
@@ -133,10 +134,8 @@ def main():
             f"{args.model} {mode} {args.size}px b{args.batch} {config.model.dtype} "
             f"window={crop} stride={stride}: compile {compile_s:.1f} s, "
             f"step {stats['step_s_median']:.3f} s ({stats['step_s_min']:.3f}-"
-            f"{stats['step_s_max']:.3f}), {ips:.2f} img/s, {counted / args.batch / 1e9:.1f} "
-            f"GFLOP/img, {gflops:.1f} GFLOP/s"
-            + (f" = {gflops / peak:.0%} of matmul peak {peak:.0f}" if peak else "")
-            + f", peak mem {record['peak_mem_mb']:.0f} MB",
+            f"{stats['step_s_max']:.3f}), {ips:.2f} img/s, "
+            + common.rate_text(counted / args.batch, gflops, peak, record["peak_mem_mb"]),
         )
 
 

@@ -8,26 +8,27 @@ Each setting needs its own process (the setting must precede the first random op
 
 import argparse
 import functools
-import importlib.util
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models import build_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import presets  # noqa: E402
+from jaxseg.models import build_model  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/default.py")
+    parser.add_argument("--config", "--model", dest="config", default="configs/default.py")
     parser.add_argument("--partitionable", type=int, choices=(0, 1), required=True)
     parser.add_argument("--size", type=int, default=32)
     args = parser.parse_args()
     jax.config.update("jax_threefry_partitionable", bool(args.partitionable))
-    spec = importlib.util.spec_from_file_location("bench_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = build_model(module.get_config().model)
+    model = build_model(presets.load(args.config).model)
     init = jax.jit(functools.partial(model.init, train=False))
     t0 = time.perf_counter()
     jax.block_until_ready(init(jax.random.key(0), jnp.zeros((1, args.size, args.size, 3))))

@@ -110,6 +110,14 @@ def jax_peak_for(dtype: str) -> float:
     return max(peak, jax_matmul_peak("float32")) if dtype == "bfloat16" else peak
 
 
+def rate_text(flops_per_image: float, gflops: float, peak: float | None, mem_mb: float) -> str:
+    """The tail every JAX result line shares: FLOPs, GFLOP/s, fraction of peak, peak memory."""
+    text = f"{flops_per_image / 1e9:.1f} GFLOP/img, {gflops:.1f} GFLOP/s"
+    if peak:
+        text += f" = {gflops / peak:.0%} of matmul peak {peak:.0f}"
+    return text + f", peak mem {mem_mb:.0f} MB"
+
+
 def emit(record: dict, human: str) -> None:
     """Prints a human-readable line and the machine-readable `RESULT {json}` line."""
     print(human, flush=True)

@@ -22,6 +22,23 @@ def _value_and_grad_equal(f_fast, f_ref, x, atol=1e-5):
     np.testing.assert_allclose(vjp_fast(cot)[0], vjp_ref(cot)[0], atol=atol)
 
 
+def _modules_equal(fast, ref, x, *, atol, grad_atol, rtol=1e-7):
+    """fast and ref have the same parameter shapes and, with the same (randomised, nonzero-bias)
+    values, the same outputs and gradients w.r.t. params and input. Returns fast's output."""
+    params = fast.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + _rand(p.shape, seed=2), params)  # nonzero bias too
+    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    y_fast, y_ref = fast.apply(params, x), ref.apply(params, x)
+    assert y_fast.shape == y_ref.shape
+    np.testing.assert_allclose(y_fast, y_ref, atol=atol, rtol=rtol)
+    grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2), argnums=(0, 1))(params, x)
+    close = lambda a, b: np.testing.assert_allclose(a, b, atol=grad_atol, rtol=rtol)
+    jax.tree.map(close, grad(fast), grad(ref))
+    return y_fast
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 12, 3), (1, 7, 9, 2)])
 def test_max_pool_floor_equals_reduce_window(shape):
     x = _rand(shape)
@@ -44,18 +61,8 @@ def test_upconv_equals_conv_transpose_in_outputs_and_gradients():
     x = _rand((2, 5, 6, 4))
     fast = layers.UpConv2x2(3)
     ref = nn.ConvTranspose(3, (2, 2), strides=(2, 2), padding="VALID")
-    params = fast.init(jax.random.key(0), x)
-    params = jax.tree.map(lambda p: p + _rand(p.shape, seed=2), params)  # nonzero bias too
-    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(
-        jnp.shape, params
-    )
-    f_fast = lambda p, x: fast.apply(p, x)
-    f_ref = lambda p, x: ref.apply(p, x)
-    np.testing.assert_allclose(f_fast(params, x), f_ref(params, x), atol=1e-5)
-    assert f_fast(params, x).shape == (2, 10, 12, 3)
-    g_fast = jax.grad(lambda p, x: jnp.sum(f_fast(p, x) ** 2), argnums=(0, 1))(params, x)
-    g_ref = jax.grad(lambda p, x: jnp.sum(f_ref(p, x) ** 2), argnums=(0, 1))(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_fast, g_ref)
+    y = _modules_equal(fast, ref, x, atol=1e-5, grad_atol=1e-4)
+    assert y.shape == (2, 10, 12, 3)
 
 
 @pytest.mark.parametrize(
@@ -70,18 +77,7 @@ def test_patch_matmul_conv_equals_conv_in_outputs_and_gradients(kernel, padding,
     x = _rand(shape)
     fast = layers.PatchMatmulConv(6, kernel, padding)
     ref = nn.Conv(6, kernel, padding=padding)
-    params = fast.init(jax.random.key(0), x)
-    params = jax.tree.map(lambda p: p + _rand(p.shape, seed=2), params)  # nonzero bias too
-    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(
-        jnp.shape, params
-    )
-    f_fast = lambda p, x: fast.apply(p, x)
-    f_ref = lambda p, x: ref.apply(p, x)
-    assert f_fast(params, x).shape == f_ref(params, x).shape
-    np.testing.assert_allclose(f_fast(params, x), f_ref(params, x), atol=1e-4, rtol=1e-5)
-    g_fast = jax.grad(lambda p, x: jnp.sum(f_fast(p, x) ** 2), argnums=(0, 1))(params, x)
-    g_ref = jax.grad(lambda p, x: jnp.sum(f_ref(p, x) ** 2), argnums=(0, 1))(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-5), g_fast, g_ref)
+    _modules_equal(fast, ref, x, atol=1e-4, grad_atol=1e-3, rtol=1e-5)
 
 
 def test_bilinear_resize_equals_jax_image_resize():

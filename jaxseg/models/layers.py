@@ -51,6 +51,21 @@ def depth_to_space_2x2(x: Array) -> Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
 
 
+def _conv_params(module: nn.Module, x: Array, window: tuple[int, int]):
+    """Creates nn.Conv-style params (kernel [*window, C_in, features], optional zero bias) in
+    `module` (which has features, use_bias, dtype, param_dtype, kernel_init) and returns
+    (x, kernel, bias) promoted to its compute dtype."""
+    kernel = module.param(
+        "kernel", module.kernel_init, (*window, x.shape[-1], module.features), module.param_dtype
+    )
+    bias = (
+        module.param("bias", nn.initializers.zeros, (module.features,), module.param_dtype)
+        if module.use_bias
+        else None
+    )
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+
+
 class UpConv2x2(nn.Module):
     """The U-Net paper's "2x2 up-convolution": a stride-2 transposed conv with a 2x2 kernel.
 
@@ -69,15 +84,7 @@ class UpConv2x2(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """x: [N, H, W, C_in] -> [N, 2H, 2W, features]."""
-        kernel = self.param(
-            "kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype
-        )
-        bias = (
-            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = _conv_params(self, x, (2, 2))
         # nn.ConvTranspose (transpose_kernel=False) writes x[h, w] * kernel[1 - i, 1 - j] to output
         # pixel (2h + i, 2w + j); flipping here keeps checkpoints interchangeable with it.
         y = jnp.einsum("nhwc,ijcd->nhwijd", x, kernel[::-1, ::-1])
@@ -118,15 +125,7 @@ class PatchMatmulConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kh, kw = self.kernel_size
-        kernel = self.param(
-            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
-        )
-        bias = (
-            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = _conv_params(self, x, (kh, kw))
         if self.padding == "SAME":
             pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in (kh, kw)]
             x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
