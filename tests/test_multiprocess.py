@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from test_train_e2e import (  # The e2e module's subprocess helpers and shared caches.
@@ -23,7 +24,6 @@ from test_train_e2e import (  # The e2e module's subprocess helpers and shared c
     RUN_TIMEOUT_S,
     TOTAL_STEPS,
     Run,
-    assert_states_close,
     checkpoint_steps,
     child_env,
     config_flags,
@@ -43,6 +43,10 @@ LOCAL_DEVICES = 4
 # After a worker fails, how long the others get to notice (jax's coordination service
 # heartbeat) before they are killed.
 GRACE_S = 30
+# Relative loss difference allowed between the 2-process and 1-process runs after step 1, and
+# the distance between their final states as a fraction of the last HALF steps' movement.
+LOSS_DRIFT = 3e-3
+STATE_DRIFT = 0.05
 
 
 def _free_port() -> int:
@@ -118,22 +122,54 @@ def test_two_processes_train_like_one(runs):
     multi_lines = [r for r in read_metrics(two) if r["split"] == "train"]
     single_lines = [r for r in read_metrics(single.workdir) if r["split"] == "train"]
     assert [r["step"] for r in multi_lines] == list(range(1, TOTAL_STEPS + 1))
-    np.testing.assert_allclose(
-        [r["loss"] for r in multi_lines], [r["loss"] for r in single_lines], rtol=1e-5
-    )
+    multi_loss = np.array([r["loss"] for r in multi_lines])
+    single_loss = np.array([r["loss"] for r in single_lines])
+    # Step 1 is the same forward pass on the same parameters and global batch; only the order of
+    # the cross-device sums (BatchNorm statistics, the loss) differs: float32 round-off. A wrong
+    # batch slice or a missing all-reduce (each process scoring its half) is off by percents.
+    np.testing.assert_allclose(multi_loss[0], single_loss[0], rtol=1e-5)
+    # From step 2 the gradient all-reduce order differs as well, and Adam turns round-off in
+    # near-zero gradients into full-size updates, so the trajectories drift apart slowly
+    # (measured on an AVX-512 host: 2.6e-4 relative at step 3, 7e-4 at step 8; other hosts are
+    # bit-equal). The bound is far below what one training step moves the loss (asserted).
+    drift = np.abs(multi_loss - single_loss) / single_loss
+    per_step = np.abs(np.diff(single_loss)) / single_loss[1:]
+    print(f"loss drift per step {drift}; per-step change {per_step}")
+    assert drift.max() <= LOSS_DRIFT
+    assert np.median(per_step) > 3 * LOSS_DRIFT
     # Evaluation counts each validation example once over both hosts.
     multi_eval = [r for r in read_metrics(two) if r["split"] == "eval"][-1]
     single_eval = [r for r in read_metrics(single.workdir) if r["split"] == "eval"][-1]
     assert multi_eval["num_examples"] == single_eval["num_examples"] == 8
-    assert multi_eval["mean_iou"] == pytest.approx(single_eval["mean_iou"], abs=1e-4)
+    assert multi_eval["mean_iou"] == pytest.approx(single_eval["mean_iou"], abs=5e-3)
 
     # The checkpoint written jointly by both processes restores into one 8-device process and
-    # holds the one-process state. Reduction order differs across processes, so the tolerance
-    # is round-off (measured max |diff| ~5e-6 after 8 Adam steps), far below what 4 steps of
-    # training move the parameters.
+    # holds the one-process state: step and rng exactly; the float leaves up to the drift above,
+    # bounded against how far the last HALF steps moved them (a process's shards missing or
+    # swapped would be as far off as the parameters' whole update).
     restore = make_restore(expected_config(checkpoint_every_steps=HALF))
     multi_state, _ = restore(two, TOTAL_STEPS)
     single_state, _ = restore(single.workdir, TOTAL_STEPS)
     single_half, _ = restore(single.workdir, HALF)
     assert max_param_change(single_half.params, single_state.params) > 1e-3
-    assert_states_close(multi_state, single_state, rtol=1e-4, atol=5e-5)
+    np.testing.assert_array_equal(multi_state.step, single_state.step)
+    np.testing.assert_array_equal(multi_state.rng, single_state.rng)
+    for part in ("params", "batch_stats", "opt_state"):
+        apart = _distance(getattr(multi_state, part), getattr(single_state, part))
+        moved = _distance(getattr(single_half, part), getattr(single_state, part))
+        print(f"{part}: |multi - single| = {apart:.3g}, moved by the last steps {moved:.3g}")
+        assert apart <= STATE_DRIFT * moved, part
+
+
+def _distance(a, b) -> float:
+    """Euclidean distance between two pytrees of arrays, over every float leaf."""
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return float(
+        np.sqrt(
+            sum(
+                np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
+                for x, y in pairs
+                if np.issubdtype(np.asarray(x).dtype, np.floating)
+            )
+        )
+    )
