@@ -31,6 +31,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from jaxseg import workdir as workdir_lib
+
 CONFIG_FILENAME = "config.json"
 CHECKPOINT_DIRNAME = "checkpoints"
 _STATE, _EXTRA = "state", "extra"
@@ -70,7 +72,8 @@ class Checkpointer:
         """Opens (creating unless `read_only`) `<workdir>/checkpoints`.
 
         Args:
-          workdir: run directory (local path or any path etils.epath understands, e.g. gs://).
+          workdir: run directory: a local path, relative or absolute (made absolute here, as
+            orbax requires), or any URL-style path etils.epath understands (gs://, untouched).
           max_to_keep: number of most recent checkpoints kept, >= 1.
           best_metric: key of the `metrics` dict that ranks checkpoints, higher is better.
           save_every_steps: `save` without `force` writes only at multiples of this step count.
@@ -80,7 +83,7 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
         if save_every_steps < 1:
             raise ValueError(f"save_every_steps must be >= 1, got {save_every_steps}.")
-        self.directory = epath.Path(workdir) / CHECKPOINT_DIRNAME
+        self.directory = workdir_lib.resolve(workdir) / CHECKPOINT_DIRNAME
         self.best_metric = best_metric
 
         def metric_of(metrics: Mapping[str, Any]) -> float:
