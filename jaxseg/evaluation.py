@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from jaxseg import inference, metrics, sharding
 from jaxseg.data import datasets, pipeline
@@ -66,7 +67,7 @@ class Evaluator:
 
     def __init__(self, config, model: nn.Module, mesh: jax.sharding.Mesh, spec):
         self._config = config
-        self._spec = spec
+        self.spec = spec
         self._mesh = mesh
         self._batch_sharding = sharding.batch_sharding(mesh)
         predict = inference_fn(model, config.eval)
@@ -84,16 +85,29 @@ class Evaluator:
         """(int64 [C, C] matrix over the whole split, number of real examples)."""
         variables = variables_of(state)
         total, num_examples, pending = None, 0, None
-        for local in self._batches:
-            out = self._step(variables, pipeline.to_global(local, self._batch_sharding))
-            # Fetch the previous batch's matrix while this one computes.
+        # The bar counts real examples over all hosts as their matrices arrive (images/s, ETA);
+        # only the primary process draws it.
+        bar = tqdm.tqdm(
+            total=self._batches.num_examples,
+            desc="eval",
+            unit="img",
+            leave=False,
+            dynamic_ncols=True,
+            disable=jax.process_index() != 0,
+        )
+        with bar:
+            for local in self._batches:
+                out = self._step(variables, pipeline.to_global(local, self._batch_sharding))
+                # Fetch the previous batch's matrix while this one computes.
+                if pending is not None:
+                    cm, n = jax.device_get(pending)
+                    total, num_examples = metrics.accumulate(total, cm), num_examples + int(n)
+                    bar.update(int(n))
+                pending = out
             if pending is not None:
                 cm, n = jax.device_get(pending)
                 total, num_examples = metrics.accumulate(total, cm), num_examples + int(n)
-            pending = out
-        if pending is not None:
-            cm, n = jax.device_get(pending)
-            total, num_examples = metrics.accumulate(total, cm), num_examples + int(n)
+                bar.update(int(n))
         if total is None:
             raise ValueError(
                 f"evaluation split {self._config.data.eval_split!r} of "
@@ -104,13 +118,17 @@ class Evaluator:
     def evaluate(self, state) -> dict:
         """The FCN paper's four metrics, per-class scores and `num_examples`."""
         cm, num_examples = self.confusion_matrix(state)
-        result = metrics.compute_metrics(cm, list(self._spec.class_names))
+        result = metrics.compute_metrics(cm, list(self.spec.class_names))
         result["num_examples"] = num_examples
         result["confusion_matrix"] = cm.tolist()  # rows = truth, columns = prediction
         return result
 
     def sample_predictions(self, state, num_examples: int = 8):
-        """(images uint8, truths, predictions) of the split's first `num_examples` examples."""
+        """(images uint8, truths, predictions) of the split's first `num_examples` examples.
+
+        Multi-process: every process must call it (the prediction is one jitted program over
+        the mesh); each gets its own first examples.
+        """
         variables = variables_of(state)
         batch = next(iter(self._batches))
         preds = np.asarray(jax.device_get(self._predict(variables, batch["image"])))
@@ -118,6 +136,53 @@ class Evaluator:
         mean, std = np.asarray(self._config.data.mean), np.asarray(self._config.data.std)
         images = np.clip((batch["image"][keep] * std + mean) * 255, 0, 255).astype(np.uint8)
         return list(images), list(batch["label"][keep]), list(preds[keep])
+
+    def prediction_grid(self, state, num_examples: int = 4):
+        """The report's prediction grid of the first `num_examples` examples, as uint8 [H, W, 3]
+        (a TensorBoard image summary at every evaluation)."""
+        from jaxseg import visualize  # matplotlib: only for reports
+
+        images, truths, preds = self.sample_predictions(state, num_examples)
+        fig = visualize.prediction_grid_figure(
+            images, truths, preds, self.spec.palette, self.spec.class_names
+        )
+        return visualize.figure_to_array(fig)
+
+
+def write_figures(workdir: str, evaluator: Evaluator, state, result: dict) -> dict[str, str]:
+    """Writes `<workdir>/eval/`'s figures for `result` (Evaluator.evaluate of `state`).
+
+    confusion_matrix.png (row-normalised), predictions.png (image | truth | prediction | errors
+    of the split's first examples, with a class legend) and curves.png (from metrics.jsonl, if
+    the run has one). Called by every process (the predictions are a collective); written by
+    the primary one. Returns {name: path} of what was written.
+    """
+    images, truths, preds = evaluator.sample_predictions(state)
+    if jax.process_index() != 0:
+        return {}
+    from jaxseg import visualize  # matplotlib: only for reports
+
+    spec = evaluator.spec
+    out = os.path.join(workdir, "eval")
+    paths = {
+        "confusion_matrix": visualize.save_confusion_matrix_png(
+            np.asarray(result["confusion_matrix"]),
+            list(spec.class_names),
+            os.path.join(out, "confusion_matrix.png"),
+        ),
+        "predictions": visualize.save_prediction_grid(
+            images,
+            truths,
+            preds,
+            spec.palette,
+            spec.class_names,
+            os.path.join(out, "predictions.png"),
+        ),
+    }
+    curves = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(curves):
+        paths["curves"] = visualize.save_training_curves(curves, os.path.join(out, "curves.png"))
+    return paths
 
 
 def write_report(workdir: str, result: dict, **meta) -> str:
@@ -170,20 +235,5 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
         scales=list(config.eval.scales),
         checkpoint=str(checkpoint),
     )
-    if jax.process_index() == 0:
-        from jaxseg import visualize  # matplotlib: only for reports
-
-        out = os.path.join(workdir, "eval")
-        visualize.save_confusion_matrix_png(
-            np.asarray(result["confusion_matrix"]),
-            list(spec.class_names),
-            os.path.join(out, "confusion_matrix.png"),
-        )
-        images, truths, preds = evaluator.sample_predictions(state)
-        visualize.save_prediction_grid(
-            images, truths, preds, spec.palette, os.path.join(out, "predictions.png")
-        )
-        curves = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(curves):
-            visualize.save_training_curves(curves, os.path.join(out, "curves.png"))
+    write_figures(workdir, evaluator, state, result)
     return result

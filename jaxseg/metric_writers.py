@@ -50,6 +50,16 @@ class MetricWriter:
             for k, v in scalars.items():
                 tf.summary.scalar(k, float(v), step=int(step))
 
+    def write_image(self, step: int, name: str, image, split: str = "eval") -> None:
+        """Writes uint8 [H, W, 3] `image` as a TensorBoard image summary `name` (not to jsonl)."""
+        if not self._primary:
+            return
+        import numpy as np
+        import tensorflow as tf
+
+        with self._tb_writer(split).as_default():
+            tf.summary.image(name, np.asarray(image, np.uint8)[None], step=int(step))
+
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()

@@ -344,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if done % config.eval_every_steps == 0 or done == total_steps:
                 eval_metrics = evaluator.evaluate(state)
                 writer.write(done, _scalar_metrics(eval_metrics), "eval")
+                writer.write_image(done, "predictions", evaluator.prediction_grid(state))
                 logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
                 metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
             stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
@@ -371,7 +372,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             inference=config.eval.mode,
             checkpoint="final",
         )
+        figures = evaluation.write_figures(workdir, evaluator, state, eval_metrics)
         logging.info("Final eval: mIoU %.4f; report in %s", eval_metrics["mean_iou"], path)
+        if figures:
+            print(
+                f"Final validation mIoU {eval_metrics['mean_iou']:.4f}. Report: {path}; figures: "
+                + ", ".join(figures.values()),
+                flush=True,
+            )
     return eval_metrics
 
 

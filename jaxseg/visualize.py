@@ -17,7 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 IGNORE_ID = 255
-IGNORE_COLOR = (0, 0, 0)  # Ignore pixels are drawn black in masks and left bare in overlays.
+# Ignore pixels: VOC's cream void colour in masks (black is most palettes' class 0), left bare in
+# overlays.
+IGNORE_COLOR = (224, 224, 192)
 
 Palette = Sequence[Sequence[int]]
 
@@ -53,7 +55,7 @@ def colorize(label: np.ndarray, palette: Palette) -> np.ndarray:
       palette: one (r, g, b) in 0..255 per class id.
 
     Returns:
-      uint8 [H, W, 3]; ignore pixels are IGNORE_COLOR (black).
+      uint8 [H, W, 3]; ignore pixels are IGNORE_COLOR (cream).
     """
     label = _check_labels(label, len(palette))
     return _lookup_table(palette)[label.astype(np.int64)]
@@ -152,25 +154,55 @@ def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: 
     return _save(fig, path)
 
 
-def save_prediction_grid(
+ERROR_COLOR = (255, 0, 0)  # Wrong pixels in the error map.
+_ERROR_DIM = 0.35  # Correct pixels of the error map: the greyscale image at this brightness.
+
+
+def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Where a prediction is wrong: ERROR_COLOR on wrong pixels over a dimmed greyscale image.
+
+    Args:
+      image: uint8 [H, W], [H, W, 1] or [H, W, 3].
+      truth: [H, W] int class ids, IGNORE_ID = ignore (never counted as wrong: drawn like
+        correct pixels).
+      pred: [H, W] int class ids.
+
+    Returns:
+      uint8 [H, W, 3].
+    """
+    rgb = _as_rgb(image).astype(np.float32)
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != rgb.shape[:2] or pred.shape != truth.shape:
+        raise ValueError(f"image {rgb.shape[:2]}, truth {truth.shape}, pred {pred.shape} differ")
+    grey = np.rint(rgb.mean(-1, keepdims=True) * _ERROR_DIM).astype(np.uint8)
+    out = np.repeat(grey, 3, axis=-1)
+    wrong = (truth != IGNORE_ID) & (truth != pred)
+    out[wrong] = ERROR_COLOR
+    return out
+
+
+def prediction_grid_figure(
     images: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     preds: Sequence[np.ndarray],
     palette: Palette,
-    path: str,
-    alpha: float = 0.5,
-) -> str:
-    """One row per example: image | truth overlay | prediction overlay.
+    class_names: Sequence[str],
+    overlay_alpha: float | None = None,
+) -> Figure:
+    """One row per example: image | truth | prediction | errors, and a legend of the classes.
+
+    The truth and prediction panels are plain colour masks (so classes are told apart by colour
+    alone), or with `overlay_alpha` the colours blended over the image. The error panel shows
+    wrong pixels in ERROR_COLOR over the dimmed image, titled with the example's pixel accuracy.
+    The legend maps each class's colour to its name, plus "ignore" and "wrong".
 
     Args:
       images: N uint8 [H_i, W_i] / [H_i, W_i, 1] / [H_i, W_i, 3] (sizes may differ per example).
       truths: N [H_i, W_i] int class ids, IGNORE_ID = ignore.
       preds: N [H_i, W_i] int class ids.
       palette: one (r, g, b) per class id.
-      path: PNG to write.
-
-    Returns:
-      `path`.
+      class_names: one name per class id (same length as `palette`).
+      overlay_alpha: None = plain masks; else blend weight of the colours in [0, 1].
     """
     n = len(images)
     if not n or len(truths) != n or len(preds) != n:
@@ -178,19 +210,65 @@ def save_prediction_grid(
             f"need the same non-zero number of images, truths and preds; got "
             f"{n}, {len(truths)}, {len(preds)}"
         )
-    fig = Figure(figsize=(9.0, 3.0 * n), dpi=100)
-    axes = fig.subplots(n, 3, squeeze=False)
+    if len(class_names) != len(palette):
+        raise ValueError(f"{len(class_names)} class names for {len(palette)} palette colours")
+    from matplotlib.patches import Patch  # Only figures need it.
+
+    def mask(image, label):
+        if overlay_alpha is None:
+            return colorize(label, palette)
+        return overlay(image, label, palette, overlay_alpha)
+
+    legend_rows = -(-(len(palette) + 2) // 4)  # 4 entries per legend row
+    legend_in = 0.3 * legend_rows + 0.3
+    fig = Figure(figsize=(12.0, 3.0 * n + legend_in), dpi=100)
+    axes = fig.subplots(n, 4, squeeze=False)
     for i, (image, truth, pred) in enumerate(zip(images, truths, preds, strict=True)):
+        truth, pred = np.asarray(truth), np.asarray(pred)
+        scored = truth != IGNORE_ID
+        accuracy = float(np.mean(truth[scored] == pred[scored])) if scored.any() else None
+        acc_text = "-" if accuracy is None else f"{accuracy:.1%}"
         panels = (
             ("image", _as_rgb(image)),
-            ("truth", overlay(image, truth, palette, alpha)),
-            ("prediction", overlay(image, pred, palette, alpha)),
+            ("truth", mask(image, truth)),
+            ("prediction", mask(image, pred)),
+            (f"errors (pixel acc. {acc_text})", error_map(image, truth, pred)),
         )
         for ax, (title, picture) in zip(axes[i], panels, strict=True):
             ax.imshow(picture, interpolation="nearest")
-            ax.set_title(title if i == 0 else "")
+            ax.set_title(title if i == 0 or title.startswith("errors") else "", fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
+    handles = [
+        Patch(facecolor=np.asarray(c, float) / 255, edgecolor="grey", label=name)
+        for name, c in zip(class_names, palette, strict=True)
+    ]
+    handles.append(
+        Patch(facecolor=np.asarray(IGNORE_COLOR) / 255, edgecolor="grey", label="ignore (255)")
+    )
+    handles.append(Patch(facecolor=np.asarray(ERROR_COLOR) / 255, label="wrong (errors panel)"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, legend_in / (3.0 * n + legend_in), 1, 1))
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """The figure rendered to uint8 [H, W, 3] (e.g. for a TensorBoard image summary)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_prediction_grid(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    palette: Palette,
+    class_names: Sequence[str],
+    path: str,
+    overlay_alpha: float | None = None,
+) -> str:
+    """Writes `prediction_grid_figure(...)` as a PNG at `path`; returns `path`."""
+    fig = prediction_grid_figure(images, truths, preds, palette, class_names, overlay_alpha)
     return _save(fig, path)
 
 

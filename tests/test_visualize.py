@@ -17,10 +17,10 @@ def _png(path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def test_colorize_maps_ids_to_palette_and_ignore_to_black():
+def test_colorize_maps_ids_to_palette_and_ignore_to_cream():
     label = np.array([[0, 1], [2, 255]])
     got = visualize.colorize(label, PALETTE)
-    want = np.array([[[10, 20, 30], [200, 100, 0]], [[0, 255, 0], [0, 0, 0]]], np.uint8)
+    want = np.array([[[10, 20, 30], [200, 100, 0]], [[0, 255, 0], [224, 224, 192]]], np.uint8)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
 
@@ -64,15 +64,51 @@ def test_confusion_matrix_png(tmp_path):
         visualize.save_confusion_matrix_png(cm, ["a", "b"], str(tmp_path / "bad.png"))
 
 
-def test_prediction_grid_png(tmp_path):
+def test_error_map_marks_wrong_pixels_only():
+    image = np.array([[[100, 100, 100], [200, 0, 100], [30, 60, 90]]], np.uint8)
+    truth = np.array([[1, 2, 255]])
+    pred = np.array([[1, 0, 0]])  # right, wrong, ignored
+    got = visualize.error_map(image, truth, pred)
+    dim = visualize._ERROR_DIM
+    np.testing.assert_array_equal(got[0, 1], visualize.ERROR_COLOR)
+    np.testing.assert_array_equal(got[0, 0], [round(100 * dim)] * 3)  # grey(100) dimmed
+    np.testing.assert_array_equal(got[0, 2], [round(60 * dim)] * 3)  # ignore is never wrong
+
+
+def test_prediction_grid_png_has_four_panels_and_a_class_legend(tmp_path):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (16, 24, 3), np.uint8), rng.integers(0, 256, (20, 20), np.uint8)]
     truths = [rng.integers(0, 3, (16, 24)), np.full((20, 20), 255)]
     preds = [rng.integers(0, 3, (16, 24)), np.zeros((20, 20), int)]
-    path = visualize.save_prediction_grid(images, truths, preds, PALETTE, str(tmp_path / "g.png"))
+    names = ["sky", "road", "car"]
+    fig = visualize.prediction_grid_figure(images, truths, preds, PALETTE, names)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        *names,
+        "ignore (255)",
+        "wrong (errors panel)",
+    ]
+    colours = [
+        tuple(np.rint(np.asarray(h.get_facecolor()[:3]) * 255)) for h in legend.legend_handles
+    ]
+    assert colours[:3] == [tuple(map(float, c)) for c in PALETTE]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:3] == ["image", "truth", "prediction"]
+    acc = np.mean(truths[0] == preds[0])
+    assert titles[3] == f"errors (pixel acc. {acc:.1%})" and titles[7] == "errors (pixel acc. -)"
+    # Plain masks: the truth panel shows exactly the colourised labels.
+    np.testing.assert_array_equal(
+        fig.axes[1].get_images()[0].get_array(), visualize.colorize(truths[0], PALETTE)
+    )
+    path = visualize.save_prediction_grid(
+        images, truths, preds, PALETTE, names, str(tmp_path / "g.png")
+    )
     pixels = _png(path)
-    assert pixels.shape == (600, 900, 3)  # 2 rows x 3 panels, (9, 3 * 2) inches at 100 dpi
+    # 2 rows x 4 panels, (12, 3 * 2 + legend) inches at 100 dpi: one legend row of 4, one of 1.
+    assert pixels.shape == (600 + 90, 1200, 3)
     assert pixels.std() > 0
+    with pytest.raises(ValueError, match="2 class names for 3"):
+        visualize.prediction_grid_figure(images, truths, preds, PALETTE, names[:2])
 
 
 def _write_jsonl(path, records):

@@ -1,0 +1,225 @@
+"""The README's commands, run as written: a newcomer's first try must work.
+
+The test reads README.md itself. From the first bash block it takes the train command (the part
+of the first line after `pip install ... &&`) and from "Everyday commands" the eval.py and
+predict.py lines, and runs them in subprocesses with their own relative paths (`runs/default`,
+`my_images/`, `masks/`), from a scratch folder laid out like the repo root (links to train.py,
+eval.py, predict.py, configs/ and jaxseg/), so a developer's own runs/ is never touched. The only
+change to a command is a few `--config.*` duration overrides appended to the train command. If
+the README changes, the test follows it; if a README command stops working, the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train_e2e import REPO, child_env, shared_dir
+
+# Durations only: a few steps, an evaluation and a checkpoint at each half.
+STEPS = 4
+SHORTEN = [
+    f"--config.total_steps={STEPS}",
+    f"--config.eval_every_steps={STEPS // 2}",
+    f"--config.checkpoint_every_steps={STEPS // 2}",
+    "--config.log_every_steps=1",
+    "--config.optim.warmup_steps=0",
+]
+TIMEOUT_S = 600
+ROOT_ENTRIES = ("train.py", "eval.py", "predict.py", "configs", "jaxseg", "README.md")
+
+
+def _bash_blocks(text: str) -> list[list[str]]:
+    """The README's ```bash blocks, each a list of its non-empty lines."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [[ln.strip() for ln in b.splitlines() if ln.strip()] for b in blocks]
+
+
+def _section(text: str, title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert match, f"README.md has no '## {title}' section"
+    return match.group(1)
+
+
+def _command(line: str) -> list[str]:
+    """argv of one README line: shell words, trailing `# comment` dropped."""
+    return shlex.split(line, comments=True)
+
+
+README = (REPO / "README.md").read_text()
+FIRST_BLOCK = _bash_blocks(README)[0]
+EVERYDAY = [_command(ln) for ln in _bash_blocks(_section(README, "Everyday commands"))[0]]
+
+
+def _python_command(words: list[str], script: str) -> list[str]:
+    assert words[:2] == ["python", script], words
+    return [sys.executable, *words[1:]]
+
+
+def _train_command() -> list[str]:
+    """The first line's train command: `pip install -e ".[test]" && python train.py ...`."""
+    install, train = (part.strip() for part in FIRST_BLOCK[0].split("&&"))
+    assert _command(install)[:3] == ["pip", "install", "-e"]
+    return _python_command(_command(train), "train.py")
+
+
+def _everyday(script: str) -> list[str]:
+    (words,) = [w for w in EVERYDAY if w[:2] == ["python", script]]
+    return _python_command(words, script)
+
+
+def _flag(argv: list[str], name: str) -> str:
+    """Value of `--name value` or `--name=value` in argv."""
+    for i, word in enumerate(argv):
+        if word == f"--{name}":
+            return argv[i + 1]
+        if word.startswith(f"--{name}="):
+            return word.split("=", 1)[1]
+    raise AssertionError(f"no --{name} in {argv}")
+
+
+def test_first_block_installs_the_test_extra_and_ci_runs_its_test_command():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    install = _command(FIRST_BLOCK[0].split("&&")[0])
+    (target,) = [w for w in install if w.startswith(".[")]
+    for extra in target[2:-1].split(","):
+        assert extra in extras["optional-dependencies"], extra
+    assert FIRST_BLOCK[1] == "python -m pytest -q"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert FIRST_BLOCK[1] in ci and 'pip install --quiet -e ".[test]"' in ci
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """The children's environment: the e2e tests' shared tfds data dir and XLA cache."""
+    return child_env(shared_dir(tmp_path_factory), 8)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A scratch folder laid out like the repo root."""
+    root = tmp_path_factory.mktemp("readme_root")
+    for name in ROOT_ENTRIES:
+        (root / name).symlink_to(REPO / name)
+    return root
+
+
+def _run(root: Path, env: dict[str, str], argv: list[str], name: str) -> tuple[int, str]:
+    """(exit code, output) of `argv` run in `root`."""
+    log = root / f"{name}.log"
+    with open(log, "wb") as f:
+        proc = subprocess.run(
+            argv, cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
+        )
+    return proc.returncode, log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def trained(root, env):
+    """Runs the README's train command (stopped halfway once, then rerun: it must resume)."""
+    argv = _train_command() + SHORTEN
+    workdir = _flag(argv, "workdir")
+    assert not Path(workdir).is_absolute(), "the README's train command uses a relative workdir"
+    rc, first = _run(root, env, argv + [f"--config.max_steps_per_run={STEPS // 2}"], "train1")
+    assert rc == 0, first[-3000:]
+    rc, second = _run(root, env, argv, "train2")
+    assert rc == 0, second[-3000:]
+    return root / workdir, first, second
+
+
+def test_readme_train_command_runs_resumes_and_reports(trained):
+    workdir, first, second = trained
+    assert "Stopping early" in first
+    assert re.search(rf"Resumed from step {STEPS // 2} in", second), second[-3000:]
+    ckpts = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts[-1] == STEPS
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["total_steps"] == STEPS and config["model"]["name"]
+
+    # Each (step, split) logged once, in order, across the stop and the resume.
+    records = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, STEPS + 1))
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [STEPS // 2, STEPS]
+
+    report = json.loads((workdir / "eval" / "report.json").read_text())
+    assert report["step"] == STEPS and report["mean_iou"] == pytest.approx(evals[-1]["mean_iou"])
+    # The first command's visual report, and a printed pointer to it.
+    figures = [workdir / "eval" / f for f in ("confusion_matrix.png", "predictions.png")]
+    figures.append(workdir / "eval" / "curves.png")
+    for path in figures:
+        with Image.open(path) as im:
+            assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 0, path
+    printed = [ln for ln in second.splitlines() if ln.startswith("Final validation mIoU")]
+    assert printed and all(str(Path(*p.parts[-3:])) in printed[-1] for p in figures), printed
+
+
+def test_tensorboard_gets_the_prediction_grid_at_every_evaluation(trained):
+    import tensorflow as tf
+
+    workdir = trained[0]
+    images = {}
+    for event_file in (workdir / "tensorboard" / "eval").glob("events.out.tfevents.*"):
+        for raw in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                if value.tag == "predictions":
+                    images[event.step] = tf.make_ndarray(value.tensor)
+    assert sorted(images) == [STEPS // 2, STEPS]
+    width, height, png = images[STEPS][:3]  # tf.summary.image: [width, height, *encoded PNGs]
+    picture = tf.io.decode_png(png).numpy()
+    assert picture.shape == (int(height), int(width), 3) and picture.std() > 0
+
+
+def test_readme_eval_command_reproduces_the_training_evaluation(trained, env):
+    workdir, _, _ = trained
+    root = workdir.parents[1]
+    argv = _everyday("eval.py")
+    assert _flag(argv, "workdir") == str(workdir.relative_to(root))
+    rc, log = _run(root, env, argv, "eval")
+    assert rc == 0, log[-3000:]
+    printed = json.loads([ln for ln in log.splitlines() if ln.startswith("{")][-1])
+    report = json.loads((workdir / "eval" / "report.json").read_text())
+    # The checkpoint eval.py picked, evaluated again, gives what training logged at that step.
+    logged = {
+        r["step"]: r
+        for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+        if r["split"] == "eval"
+    }
+    assert report["checkpoint"] == _flag(argv, "checkpoint")
+    assert report["mean_iou"] == pytest.approx(logged[report["step"]]["mean_iou"], abs=1e-6)
+    assert printed["mean_iou"] == round(report["mean_iou"], 4)
+    assert printed["num_examples"] == report["num_examples"] > 0
+    assert "eval: 100%" in log  # the evaluation progress bar ran to the end
+
+
+def test_readme_predict_command_writes_masks_for_a_users_folder(trained, env):
+    workdir, _, _ = trained
+    root = workdir.parents[1]
+    argv = _everyday("predict.py")
+    inputs, output = root / _flag(argv, "input"), root / _flag(argv, "output")
+    # A user's photos: odd sizes, one greyscale, one JPEG.
+    rng = np.random.default_rng(0)
+    inputs.mkdir()
+    shapes = {"street.png": (75, 101, 3), "grey.png": (64, 64), "photo.jpg": (130, 96, 3)}
+    for name, shape in shapes.items():
+        Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(inputs / name)
+    rc, log = _run(root, env, argv, "predict")
+    assert rc == 0, log[-3000:]
+    num_classes = json.loads((workdir / "config.json").read_text())["model"]["num_classes"]
+    for name, shape in shapes.items():
+        stem = Path(name).stem
+        with Image.open(output / f"{stem}.png") as mask:
+            assert mask.mode == "P" and mask.size == (shape[1], shape[0])
+            assert np.asarray(mask).max() < num_classes
+        if "--overlay" in argv:
+            with Image.open(output / f"{stem}_overlay.png") as over:
+                assert over.size == (shape[1], shape[0]) and over.mode == "RGB"
