@@ -181,6 +181,70 @@ def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndar
     return out
 
 
+_LEGEND_COLUMNS = 4
+
+
+def _legend_height(entries: int) -> float:
+    """Inches below the panels for a legend of `entries` entries."""
+    return 0.3 * -(-entries // _LEGEND_COLUMNS) + 0.3
+
+
+def _add_legend(fig, palette, class_names, legend_in, height_in, with_errors=False):
+    """Class colour -> name legend (plus ignore, and "wrong" for error maps) under the panels."""
+    from matplotlib.patches import Patch  # Only figures need it.
+
+    entries = [*zip(class_names, palette, strict=True), ("ignore (255)", IGNORE_COLOR)]
+    if with_errors:
+        entries.append(("wrong (errors panel)", ERROR_COLOR))
+    handles = [
+        Patch(facecolor=np.asarray(c, float) / 255, edgecolor="grey", label=name)
+        for name, c in entries
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=_LEGEND_COLUMNS, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, legend_in / height_in, 1, 1))
+
+
+def save_examples_grid(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    palette: Palette,
+    class_names: Sequence[str],
+    path: str,
+    alpha: float = 0.5,
+) -> str:
+    """One row per example: image | mask (plain colours) | overlay, and a class legend.
+
+    Args:
+      images: N uint8 [H_i, W_i] / [H_i, W_i, 1] / [H_i, W_i, 3].
+      labels: N [H_i, W_i] int class ids, IGNORE_ID = ignore.
+      palette, class_names: one colour and one name per class id.
+      path: PNG to write.
+
+    Returns:
+      `path`.
+    """
+    n = len(images)
+    if not n or len(labels) != n:
+        raise ValueError(
+            f"need the same non-zero number of images and labels; got {n}, {len(labels)}"
+        )
+    legend_in = _legend_height(len(palette) + 1)
+    fig = Figure(figsize=(9.0, 3.0 * n + legend_in), dpi=100)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        panels = (
+            (f"image {np.shape(image)[1]}x{np.shape(image)[0]}", _as_rgb(image)),
+            ("mask", colorize(label, palette)),
+            ("overlay", overlay(image, label, palette, alpha)),
+        )
+        for ax, (title, picture) in zip(axes[i], panels, strict=True):
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    _add_legend(fig, palette, class_names, legend_in, 3.0 * n + legend_in)
+    return _save(fig, path)
+
+
 def prediction_grid_figure(
     images: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -212,15 +276,13 @@ def prediction_grid_figure(
         )
     if len(class_names) != len(palette):
         raise ValueError(f"{len(class_names)} class names for {len(palette)} palette colours")
-    from matplotlib.patches import Patch  # Only figures need it.
 
     def mask(image, label):
         if overlay_alpha is None:
             return colorize(label, palette)
         return overlay(image, label, palette, overlay_alpha)
 
-    legend_rows = -(-(len(palette) + 2) // 4)  # 4 entries per legend row
-    legend_in = 0.3 * legend_rows + 0.3
+    legend_in = _legend_height(len(palette) + 2)
     fig = Figure(figsize=(12.0, 3.0 * n + legend_in), dpi=100)
     axes = fig.subplots(n, 4, squeeze=False)
     for i, (image, truth, pred) in enumerate(zip(images, truths, preds, strict=True)):
@@ -238,16 +300,7 @@ def prediction_grid_figure(
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(title if i == 0 or title.startswith("errors") else "", fontsize=9)
             ax.axis("off")
-    handles = [
-        Patch(facecolor=np.asarray(c, float) / 255, edgecolor="grey", label=name)
-        for name, c in zip(class_names, palette, strict=True)
-    ]
-    handles.append(
-        Patch(facecolor=np.asarray(IGNORE_COLOR) / 255, edgecolor="grey", label="ignore (255)")
-    )
-    handles.append(Patch(facecolor=np.asarray(ERROR_COLOR) / 255, label="wrong (errors panel)"))
-    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, legend_in / (3.0 * n + legend_in), 1, 1))
+    _add_legend(fig, palette, class_names, legend_in, 3.0 * n + legend_in, with_errors=True)
     return fig
 
 

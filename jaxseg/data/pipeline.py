@@ -196,6 +196,36 @@ def _decoder(spec: datasets.DatasetSpec, split: str):
     return decode
 
 
+def decoded_examples(
+    data_cfg: ml_collections.ConfigDict, split: str, *, key: str, max_examples: int = 0
+) -> tuple[datasets.DatasetSpec, int, tf.data.Dataset]:
+    """The examples of `split` in file order, decoded exactly as training and evaluation decode
+    them (the data set's label map applied), without any transform.
+
+    Args:
+      data_cfg: `config.data`.
+      split: split name, tfds slicing allowed.
+      key: the config key `split` came from, for error messages.
+      max_examples: read only the first this many; 0 = all.
+
+    Returns:
+      (spec, number of examples read, dataset of {"image": float32 [H, W, C] in [0, 1],
+      "label": int32 [H, W]}).
+    """
+    spec, source = open_split(data_cfg, split, key=key)
+    count = len(source) if max_examples <= 0 else min(max_examples, len(source))
+    decode = _decoder(spec, split)
+    dataset = (
+        tf.data.Dataset.range(count)
+        .batch(64)
+        .map(lambda idx: (idx, _read_records(source, idx)))
+        .unbatch()
+        .map(lambda idx, record: decode(record, idx), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return spec, count, dataset
+
+
 def make_train_iterator(
     data_cfg: ml_collections.ConfigDict,
     *,
