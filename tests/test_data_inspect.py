@@ -113,7 +113,13 @@ def test_inspect_reads_split_slices(tmp_path):
     stats = inspection.inspect_split(config.data, "train[:3]", key="config.data.train_split")
     s = config.data.synthetic
     name = synthetic_scenes.config_name(s.image_size, s.num_train, s.num_validation, s.seed)
-    built = tmp_path / "tfds" / "synthetic_scenes" / name / "1.0.0"
+    built = (
+        tmp_path
+        / "tfds"
+        / "synthetic_scenes"
+        / name
+        / str(synthetic_scenes.SyntheticScenes.VERSION)
+    )
     source = tfds.builder_from_directory(str(built)).as_data_source("train[:3]")
     labels = [source[i]["label"][..., 0] for i in range(len(source))]
     assert stats["num_examples"] == len(labels) == 3

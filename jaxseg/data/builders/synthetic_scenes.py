@@ -2,10 +2,14 @@
 
 Every scene is a horizon with sky and buildings above it, a road, a sidewalk and sometimes a lawn
 below it, trees, street clutter, 0-4 people (some carrying purses), and foreground bushes and
-poles that occlude them. Colours and textures are drawn from one shared pool, with only mild
-class-dependent biases, so a model must use shape, position and context to score well: a purse
-is a small box *held by a person*, while boxes of the same size and look standing on the ground
-are background. Lighting gradients, cast shadows, colour casts and sensor noise vary per image.
+poles that occlude them. Each surface is painted in its material's typical colours (asphalt,
+paving, foliage, facades, skin, leather) most of the time and in any colour otherwise, with
+class-typical but overlapping textures: appearance is a strong hint, never the answer, and
+clothing is any colour. Shape, position and context decide the rest: a purse is a small
+leather-coloured box *held by a person*, while boxes of the same size and look standing on the
+ground are background. Lighting gradients, cast shadows, colour casts and sensor noise vary per
+image. (Version 1.0.0 drew every colour from one shared pool: a much harder set, on which the
+small default model did not learn purses within its budget.)
 
 Classes: 0 background/unknown (sky, road, clutter), 1 person, 2 purse, 3 plants/grass,
 4 sidewalk, 5 building/structures (buildings, poles).
@@ -36,6 +40,7 @@ PALETTE = (
 BACKGROUND, PERSON, PURSE, PLANTS, SIDEWALK, BUILDING = range(6)
 
 SPLITS = {"train": 0, "validation": 1}
+_VERSION = "1.1.0"  # A new version for any change of the rendered data: caches never mix.
 _CHUNK = 64
 _MAX_PEOPLE = 4
 
@@ -45,12 +50,12 @@ _VARIANTS = 6  # textures of each kind in a bank
 # P(texture kind | class). Deliberately overlapping: texture is a hint, never the answer.
 _TEXTURE_PROBS = np.array(
     [
-        [0.30, 0.10, 0.10, 0.30, 0.20],  # background
-        [0.35, 0.30, 0.10, 0.15, 0.10],  # person
-        [0.35, 0.25, 0.15, 0.10, 0.15],  # purse
-        [0.10, 0.15, 0.05, 0.35, 0.35],  # plants
-        [0.15, 0.15, 0.40, 0.10, 0.20],  # sidewalk
-        [0.15, 0.20, 0.40, 0.10, 0.15],  # building
+        [0.35, 0.05, 0.05, 0.25, 0.30],  # background
+        [0.45, 0.30, 0.10, 0.10, 0.05],  # person
+        [0.55, 0.15, 0.10, 0.10, 0.10],  # purse
+        [0.05, 0.05, 0.05, 0.45, 0.40],  # plants
+        [0.10, 0.05, 0.65, 0.05, 0.15],  # sidewalk
+        [0.15, 0.25, 0.50, 0.05, 0.05],  # building
     ]
 )
 
@@ -97,7 +102,7 @@ def make_config(
         )
     return SyntheticScenesConfig(
         name=name,
-        version="1.0.0",
+        version=_VERSION,
         description="custom size",
         image_size=image_size,
         num_train=num_train,
@@ -109,12 +114,16 @@ def make_config(
 class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
     """Procedural street scenes with 6 classes; see the module docstring."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version(_VERSION)
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Materials: typical colours per surface (asphalt, paving, foliage, facades, "
+        "leather, skin), more class-typical textures; purse-like decoys on the ground.",
+    }
     BUILDER_CONFIGS = [
         SyntheticScenesConfig(
             name=config_name(128, 3000, 300, 0),
-            version="1.0.0",
+            version=_VERSION,
             description="default: 3000 train / 300 validation images, 128x128",
         )
     ]
@@ -180,17 +189,20 @@ class _Canvas:
     def __init__(self, n: int, size: int):
         self.slot = np.zeros((n, size, size), np.int16)  # slot 0: the sky
         self.classes = [BACKGROUND]
+        self.looks = ["sky"]  # per slot: a key of _LOOKS, how its colours are drawn
 
-    def paint(self, mask: np.ndarray, cls: int) -> int:
+    def paint(self, mask: np.ndarray, cls: int, look: str = "any") -> int:
         slot_id = len(self.classes)
         self.classes.append(cls)
+        self.looks.append(look)
         np.copyto(self.slot, np.int16(slot_id), where=mask)
         return slot_id
 
-    def paint_some(self, images: np.ndarray, mask: np.ndarray, cls: int) -> int:
+    def paint_some(self, images: np.ndarray, mask: np.ndarray, cls: int, look: str = "any") -> int:
         """Paints `mask` [len(images), S, S] into the listed images only."""
         slot_id = len(self.classes)
         self.classes.append(cls)
+        self.looks.append(look)
         if images.size:
             self.slot[images] = np.where(mask, np.int16(slot_id), self.slot[images])
         return slot_id
@@ -246,7 +258,7 @@ def render_scenes(
 
     # Ground: road (background), an optional lawn beyond the sidewalk, the sidewalk itself,
     # bounded by two lines through a vanishing point on the horizon.
-    canvas.paint(np.broadcast_to(ground, (n, size, size)), BACKGROUND)
+    canvas.paint(np.broadcast_to(ground, (n, size, size)), BACKGROUND, "asphalt")
     vanish_x = uniform(0.15, 0.85)
     left = uniform(-1.6, 0.4)
     right = left + uniform(0.5, 1.8)
@@ -255,15 +267,19 @@ def render_scenes(
     lawn_left = rng.random(n) < 0.5
     lawn_slope = np.where(lawn_left, left - gap, right + gap)
     lawn = np.where(col(lawn_left), side < col(lawn_slope) * below, side >= col(lawn_slope) * below)
-    canvas.paint(ground & lawn & col(rng.random(n) < 0.6).astype(bool), PLANTS)
-    canvas.paint(ground & (side >= col(left) * below) & (side < col(right) * below), SIDEWALK)
+    canvas.paint(ground & lawn & col(rng.random(n) < 0.6).astype(bool), PLANTS, "foliage")
+    canvas.paint(
+        ground & (side >= col(left) * below) & (side < col(right) * below), SIDEWALK, "paving"
+    )
     ground_slots = len(canvas.classes)  # slots below this id are ground: shadows fall on them
 
     for _ in range(5):  # buildings standing on the horizon
         x0 = off_screen(uniform(-0.1, 0.9), rng.random(n) < 0.85)
         top = horizon * uniform(0.05, 0.85)
         canvas.paint(
-            rect(top, horizon + uniform(0.0, 0.04), x0, x0 + uniform(0.12, 0.45)), BUILDING
+            rect(top, horizon + uniform(0.0, 0.04), x0, x0 + uniform(0.12, 0.45)),
+            BUILDING,
+            "facade",
         )
 
     for _ in range(2):  # trees: trunk, then canopy
@@ -271,8 +287,8 @@ def render_scenes(
         cy = horizon - uniform(0.02, 0.2)
         ry = uniform(0.06, 0.16)
         half = uniform(0.008, 0.02)
-        canvas.paint(rect(cy, horizon + uniform(0.01, 0.08), tx - half, tx + half), PLANTS)
-        canvas.paint(ellipse(cy, tx, ry, ry * uniform(0.6, 1.2)), PLANTS)
+        canvas.paint(rect(cy, horizon + uniform(0.01, 0.08), tx - half, tx + half), PLANTS, "bark")
+        canvas.paint(ellipse(cy, tx, ry, ry * uniform(0.6, 1.2)), PLANTS, "foliage")
 
     for k in range(5):  # clutter on the ground; the last two are purse-sized boxes (decoys)
         active = rng.random(n) < 0.5
@@ -280,10 +296,11 @@ def render_scenes(
         scale = (bottom - horizon) * (uniform(0.25, 0.7) if k < 3 else uniform(0.1, 0.18))
         cx = uniform(0.0, 1.0)
         half_w = scale * uniform(0.4, 1.0)
+        look = "any" if k < 3 else "leather"  # decoys look like purses: context must decide
         if rng.random() < 0.5:
-            canvas.paint(rect(bottom - scale, bottom, cx - half_w, cx + half_w), BACKGROUND)
+            canvas.paint(rect(bottom - scale, bottom, cx - half_w, cx + half_w), BACKGROUND, look)
         else:
-            canvas.paint(ellipse(bottom - scale / 2, cx, scale / 2, half_w), BACKGROUND)
+            canvas.paint(ellipse(bottom - scale / 2, cx, scale / 2, half_w), BACKGROUND, look)
 
     # People, painted far to near so nearer ones occlude. Height follows perspective: feet lower
     # in the image means closer, hence taller.
@@ -314,7 +331,9 @@ def render_scenes(
         arm_slots.append(
             canvas.paint(rect(shoulder + 0.02 * h, hip, px + 0.13 * h, px + 0.19 * h), PERSON)
         )
-        head_slots.append(canvas.paint(ellipse(py - 0.92 * h, px, 0.085 * h, 0.07 * h), PERSON))
+        head_slots.append(
+            canvas.paint(ellipse(py - 0.92 * h, px, 0.085 * h, 0.07 * h), PERSON, "skin")
+        )
         # A purse hangs from one hand; half of them also have a strap over the other shoulder.
         has_purse = rng.random(n) < 0.55
         hand = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -323,7 +342,9 @@ def render_scenes(
         purse_cx = hand_x + hand * 0.04 * h
         top = off_screen(hip - 0.02 * h, has_purse)
         canvas.paint(
-            rect(top, top + purse_h, purse_cx - purse_w / 2, purse_cx + purse_w / 2), PURSE
+            rect(top, top + purse_h, purse_cx - purse_w / 2, purse_cx + purse_w / 2),
+            PURSE,
+            "leather",
         )
         # Straps are segments, costly to rasterise: only images that have one draw it.
         strap = np.flatnonzero(has_purse & active[:, j] & (rng.random(n) < 0.5))
@@ -334,42 +355,31 @@ def render_scenes(
                 0.025 * h[strap],
             ),
             PURSE,
+            "leather",
         )
 
     for _ in range(2):  # foreground bushes, occluding legs and purses
         cy = off_screen(horizon + uniform(0.25, 0.65), rng.random(n) < 0.35)
         rx = uniform(0.06, 0.18)
-        canvas.paint(ellipse(cy, uniform(0.0, 1.0), rx * uniform(0.4, 0.8), rx), PLANTS)
+        canvas.paint(ellipse(cy, uniform(0.0, 1.0), rx * uniform(0.4, 0.8), rx), PLANTS, "foliage")
     for _ in range(2):  # poles, occluding everything behind them
         top = uniform(0.02, 0.9) * horizon
         cx, half = off_screen(uniform(0.0, 1.0), rng.random(n) < 0.35), uniform(0.006, 0.015)
-        canvas.paint(rect(top, horizon + uniform(0.1, 0.5), cx - half, cx + half), BUILDING)
+        canvas.paint(
+            rect(top, horizon + uniform(0.1, 0.5), cx - half, cx + half), BUILDING, "metal"
+        )
 
     classes = np.asarray(canvas.classes, np.uint8)
     labels = classes[canvas.slot]
     num_slots = len(classes)
 
-    # Per-slot appearance: two colours mixed by one texture from the bank.
-    colour = rng.uniform(30, 225, (n, num_slots, 3)).astype(np.float32)
-    plants = np.flatnonzero(classes == PLANTS)
-    green = rng.random((n, plants.size)) < 0.5
-    greens = np.stack(
-        [uniform(30, 90, green.shape), uniform(90, 180, green.shape), uniform(30, 90, green.shape)],
-        -1,
-    )
-    colour[:, plants] = np.where(green[..., None], greens, colour[:, plants])
-    sky_blue = rng.random(n) < 0.5
-    blues = np.stack([uniform(90, 170), uniform(140, 200), uniform(190, 250)], -1)
-    colour[:, 0] = np.where(sky_blue[:, None], blues, colour[:, 0])
-    heads = np.asarray(head_slots)
-    red = uniform(120, 230, (n, heads.size))
-    skin = np.stack(
-        [red, red * uniform(0.6, 0.85, red.shape), red * uniform(0.45, 0.7, red.shape)], -1
-    )
-    colour[:, heads] = np.where((rng.random(red.shape) < 0.7)[..., None], skin, colour[:, heads])
+    # Per-slot appearance: two colours mixed by one texture from the bank. Each slot's first
+    # colour is its material's typical colour (asphalt, paving, foliage, ...) most of the time
+    # and anything otherwise, so colour is a strong hint but never the answer.
+    colour = _slot_colours(rng, canvas.looks, n)
     # Sleeves match the shirt.
     colour[:, arm_slots] = np.repeat(colour[:, torso_slots], 2, axis=1)
-    second = np.clip(colour + rng.normal(0, 45, colour.shape), 0, 255).astype(np.float32)
+    second = np.clip(colour + rng.normal(0, 35, colour.shape), 0, 255).astype(np.float32)
 
     kind_cdf = np.cumsum(_TEXTURE_PROBS[classes], axis=1)  # [K, kinds]
     kind = (rng.random((n, num_slots, 1)) > kind_cdf[None]).sum(-1)
@@ -403,6 +413,54 @@ def render_scenes(
     for i, (oy, ox) in enumerate(rng.integers(0, size, (n, 2))):
         image[i] += field[oy : oy + size, ox : ox + size] * sigma[i]
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), labels
+
+
+def _shade(rng, base, spread, size):
+    """float32 [*size, 3]: `base` RGB times a common brightness factor, plus per-channel jitter."""
+    gain = rng.uniform(1.0 - spread, 1.0 + spread, (*size, 1))
+    jitter = rng.normal(0.0, 8.0, (*size, 3))
+    return np.clip(np.asarray(base, np.float32) * gain + jitter, 0, 255).astype(np.float32)
+
+
+# Materials: (probability of the typical colours, [(weight, base RGB, brightness spread), ...]).
+# The rest of the time a slot takes a uniformly random colour.
+_LOOKS = {
+    "any": (0.0, []),
+    "sky": (0.85, [(0.7, (120, 170, 225), 0.2), (0.3, (200, 205, 210), 0.15)]),
+    "asphalt": (0.85, [(1.0, (85, 85, 90), 0.35)]),
+    "paving": (0.85, [(0.6, (175, 172, 165), 0.15), (0.4, (200, 185, 160), 0.12)]),
+    "foliage": (0.85, [(0.7, (60, 120, 45), 0.4), (0.3, (120, 140, 50), 0.3)]),
+    "bark": (0.85, [(1.0, (95, 70, 50), 0.3)]),
+    "facade": (
+        0.8,
+        [(0.4, (160, 75, 60), 0.25), (0.35, (150, 150, 150), 0.3), (0.25, (210, 195, 160), 0.1)],
+    ),
+    "metal": (0.8, [(1.0, (70, 75, 80), 0.4)]),
+    "skin": (0.7, [(0.5, (225, 180, 150), 0.1), (0.5, (150, 100, 70), 0.25)]),
+    "leather": (
+        0.85,
+        [(0.45, (120, 70, 40), 0.3), (0.25, (35, 30, 30), 0.3), (0.3, (190, 40, 50), 0.15)],
+    ),
+}
+
+
+def _slot_colours(rng: np.random.Generator, looks: list[str], n: int) -> np.ndarray:
+    """float32 [n, K, 3]: the first colour of each of K slots in n images, by material."""
+    colour = rng.uniform(30, 225, (n, len(looks), 3)).astype(np.float32)
+    looks = np.asarray(looks)
+    for look, (p_typical, options) in _LOOKS.items():
+        slots = np.flatnonzero(looks == look)
+        if not options or not slots.size:
+            continue
+        size = (n, slots.size)
+        weights = np.array([w for w, _, _ in options])
+        choice = rng.choice(len(options), size=size, p=weights / weights.sum())
+        typical = np.zeros((*size, 3), np.float32)
+        for i, (_, base, spread) in enumerate(options):
+            typical = np.where((choice == i)[..., None], _shade(rng, base, spread, size), typical)
+        keep = (rng.random(size) < p_typical)[..., None]
+        colour[:, slots] = np.where(keep, typical, colour[:, slots])
+    return colour
 
 
 def _texture_bank(rng: np.random.Generator, size: int) -> np.ndarray:
