@@ -252,9 +252,7 @@ def binary_weight_map(
     instances, _ = ndimage.label(is_cell)  # default structure: 4-connectivity in 2-D
     counts = np.array([np.sum(scored & ~is_cell), np.sum(is_cell)], np.float64)
     present = counts > 0
-    w_class = np.divide(
-        scored.sum(), present.sum() * counts, out=np.ones(2), where=present
-    )
+    w_class = np.divide(scored.sum(), present.sum() * counts, out=np.ones(2), where=present)
     weights = unet_weight_map(
         instances, w0=w0, sigma=sigma, class_weights=(float(w_class[0]), float(w_class[1]))
     )

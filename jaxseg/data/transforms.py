@@ -71,11 +71,11 @@ def random_crop(
     room = tf.cast(tf.maximum(shape - [height, width], 0) + 1, tf.float32)
     offset = tf.cast(tf.floor(tf.random.stateless_uniform([2], seed) * room), tf.int32)
     offset = tf.minimum(offset, tf.cast(room, tf.int32) - 1)  # u may round up to 1.0 in float32
-    size = tf.minimum(shape, [height, width])
+    end = offset + tf.minimum(shape, [height, width])
     out = dict(example)
     for key in _SPATIAL_KEYS:
         if key in example:
-            out[key] = example[key][offset[0] : offset[0] + size[0], offset[1] : offset[1] + size[1]]
+            out[key] = example[key][offset[0] : end[0], offset[1] : end[1]]
     if pad:
         out = pad_to(out, seed, height=height, width=width)
     return out
