@@ -199,7 +199,9 @@ def write_report(workdir: str, result: dict, **meta) -> str:
         f"{k} {result[k]:.4f}"
         for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
     )
-    isbi = [f"{k} {result[k]:.4f}" for k in ("pixel_error", "rand_error") if result.get(k)]
+    isbi = [
+        f"{k} {result[k]:.4f}" for k in ("pixel_error", "rand_error") if result.get(k) is not None
+    ]
     if isbi:
         summary += "; ISBI 2012: " + ", ".join(isbi)
     with open(os.path.join(out_dir, "per_class.md"), "w") as f:
