@@ -92,15 +92,6 @@ def random_flip(example: Example, seed: tf.Tensor) -> Example:
     return out
 
 
-def _reflect_indices(n: tf.Tensor, before: int, after: int) -> tf.Tensor:
-    """Source indices of a mirror padding (numpy's "reflect": the edge is not repeated) of a
-    side of n px by before/after px; any pad width (it reflects back and forth). n = 1 repeats."""
-    i = tf.range(-before, n + after)
-    period = tf.maximum(2 * (n - 1), 1)
-    j = tf.math.floormod(i, period)
-    return tf.minimum(j, period - j)
-
-
 def reflect_pad(example: Example, seed: tf.Tensor, *, height: int, width: int) -> Example:
     """Mirror-pads image and label by `height` px above and below and `width` px left and right.
 
@@ -112,8 +103,9 @@ def reflect_pad(example: Example, seed: tf.Tensor, *, height: int, width: int) -
     """
     del seed
     shape = tf.shape(example["label"])
-    rows = _reflect_indices(shape[0], height, height)
-    cols = _reflect_indices(shape[1], width, width)
+    # Any pad width works: the indices reflect back and forth (numpy's "reflect"); 1 px repeats.
+    rows = _reflect(tf.range(-height, shape[0] + height), shape[0])
+    cols = _reflect(tf.range(-width, shape[1] + width), shape[1])
     out = dict(example)
     for key in _SPATIAL_KEYS:
         if key in example:
@@ -155,7 +147,7 @@ def border_weight_map(example: Example, seed: tf.Tensor, *, w0: float, sigma: fl
     """
     del seed
     fn = functools.partial(losses.binary_weight_map, w0=w0, sigma=sigma)
-    weight = tf.numpy_function(lambda label: fn(label), [example["label"]], tf.float32)
+    weight = tf.numpy_function(fn, [example["label"]], tf.float32)
     weight = tf.ensure_shape(weight, example["label"].shape)
     return {**example, "weight": weight}
 
