@@ -11,6 +11,7 @@ from configs import unet_isbi
 from jaxseg import evaluation, losses, metrics, optim, sharding, train_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model, input_context
+from jaxseg.models.layers import center_crop
 
 SIZE = (40, 36)  # slices, px
 
@@ -116,3 +117,32 @@ def test_isbi_metrics_need_binary_data():
     spec = datasets.dataset_spec(config.data)
     with pytest.raises(ValueError, match="config.eval.isbi_metrics"):
         evaluation.Evaluator(config, build_model(config.model), sharding.make_mesh(), spec)
+
+
+def test_train_step_weights_its_loss_by_the_batch_weight_map(config):
+    """The jitted 8-device train step's loss is eq. 1 with the pipeline's eq. 2 weights: the
+    weighted mean of the per-pixel cross-entropy over the tile's scored centre."""
+    config = config.copy_and_resolve_references()
+    config.model.dropout_rate = 0.0  # so the train-mode forward equals an eval-mode one
+    config.batch_size = 8
+    model = build_model(config.model)
+    mesh = sharding.make_mesh()
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    _, state_sharding, init = train_lib.create_state(config, model, tx, mesh)
+    state = init(jax.random.key(0))
+    variables = evaluation.variables_of(state)
+    local = next(
+        pipeline.make_train_iterator(
+            config.data, global_batch_size=8, seed=0, context=input_context(model, (56, 56))
+        )
+    )
+    logits = model.apply(variables, local["image"], train=False)
+    centre = lambda x: center_crop(x[..., None], *logits.shape[1:3])[..., 0]
+    want, _ = losses.cross_entropy(
+        logits, centre(local["label"]), pixel_weights=centre(local["weight"])
+    )
+    unweighted, _ = losses.cross_entropy(logits, centre(local["label"]))
+    step = train_lib.make_train_step(config, model, tx, mesh, state_sharding)
+    _, out = step(state, pipeline.to_global(local, sharding.batch_sharding(mesh)))
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-4)
+    assert abs(float(want) - float(unweighted)) > 1e-3  # the weights change the loss
