@@ -173,10 +173,9 @@ class UNet(nn.Module):
         skips = []
         for i in range(self.depth):
             x = block(i, f"down{i + 1}")(x, train=train)
-            if i == self.depth - 1:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"dropout{i + 1}")(
-                    x
-                )
+            if i == self.depth - 1:  # the end of the contracting path: before skip and pool
+                drop = nn.Dropout(self.dropout_rate, name=f"dropout{i + 1}")
+                x = drop(x, deterministic=not train)
             skips.append(x)
             x = max_pool_2x2(x)
         x = block(self.depth, "bottom")(x, train=train)
