@@ -19,8 +19,9 @@ organisers); locally, expect pixel accuracy around 0.9 on held-out slices.
 
 Differences from the paper, stated plainly:
 - The learning rate (1e-3 with the pixel-mean loss), the rotation range (+-180 degrees; EM
-  slices have no preferred orientation) and the shift range (+-16 px, sub-pixel, on top of the
-  random tile position) are not given in the paper and are our choices.
+  slices have no preferred orientation), the shift range (+-16 px, sub-pixel, on top of the
+  random tile position) and the grey-value jitter (brightness and contrast +-0.1) are not given
+  in the paper and are our choices; left-right flips are an addition.
 - w_c balances the two classes' frequencies within each augmented example, computed with the
   border term after the geometric augmentation; the paper precomputes the map per ground-truth
   segmentation and does not say how it follows the deformation.
