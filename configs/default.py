@@ -43,6 +43,16 @@ def data_config() -> ml_collections.ConfigDict:
     data.elastic = False
     data.elastic_grid = 3
     data.elastic_sigma = 10.0
+    # Random rotation, uniform in +-rotation_degrees, and shift, uniform in +-shift_px per axis
+    # (the U-Net paper's shift/rotation augmentation; mirrored at the borders); 0 = off.
+    data.rotation_degrees = 0.0
+    data.shift_px = 0.0
+    # The U-Net paper's border weight map (eq. 2) as the batch's "weight" key, computed per
+    # example after the geometric augmentation: w_c (class balance) + w0 * exp(-(d1 + d2)^2 /
+    # (2 sigma^2)) on background pixels between cells. Binary data only: class 1 = cell.
+    data.weight_map = False
+    data.weight_map_w0 = 10.0  # w0, the border weight (paper: 10).
+    data.weight_map_sigma = 5.0  # sigma, the border width in px (paper: about 5).
     # Per-channel normalisation, [0, 1] units (ImageNet statistics; match pretrained weights).
     data.mean = (0.485, 0.456, 0.406)
     data.std = (0.229, 0.224, 0.225)
@@ -149,6 +159,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.tile_in = (0, 0)  # overlap_tile: input tile (height, width), e.g. (572, 572).
     config.eval.flip = False  # Also average the left-right mirrored prediction.
     config.eval.scales = (1.0,)  # Average over these input scales (multi-scale testing).
+    # Binary membrane data (class 0 = membrane, 1 = cell): also report the ISBI 2012 challenge's
+    # pixel error and foreground-restricted Rand error (jaxseg.metrics.rand_statistics).
+    config.eval.isbi_metrics = False
 
     config.optim = optim_config()
     config.data = data_config()

@@ -4,8 +4,8 @@ r"""FCN-8s on VOC 2012 + SBD, initialised from a trained FCN-16s run (the paper'
       --config.init_from=runs/fcn16s_voc
 
 Expected: about 65.5 mean IU on seg11valid (release figure; paper: 62.7 on VOC2011 test).
-For the "at-once" variant trained straight from VGG16: --config.model.at_once=True
---config.init_from=vgg16:<path to the Keras VGG16 h5>.
+For the "at-once" variant trained straight from VGG16 with its own solver (lr 1e-10, 300k
+steps), use configs/fcn8s_atonce_voc.py.
 """
 
 from configs import fcn_voc_common

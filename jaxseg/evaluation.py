@@ -4,6 +4,11 @@ The same `Evaluator.evaluate` serves the train loop's periodic evaluation and `e
 jitted eval step returns the batch's [C, C] int32 matrix, already summed over every device and
 host; the host adds it into an int64 matrix, so memory stays flat however long the split is and
 nothing overflows on Cityscapes- or ADE20K-size evaluations.
+
+With `config.eval.isbi_metrics` (binary membrane data), the same pass also returns each batch's
+predictions; the host scores this process's examples with `metrics.rand_statistics` (connected
+components per image) and the sums are added over hosts, giving the ISBI 2012 pixel error and
+foreground-restricted Rand error of the whole split.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from jaxseg import inference, metrics, sharding
 from jaxseg.data import datasets, pipeline
@@ -37,7 +43,9 @@ def inference_fn(model: nn.Module, eval_cfg):
     )
 
 
-def eval_step(variables, batch, *, predict, num_classes: int) -> jax.Array:
+def eval_step(
+    variables, batch, *, predict, num_classes: int, with_predictions: bool = False
+) -> tuple[jax.Array, ...]:
     """Confusion matrix of one global batch; pure.
 
     Args:
@@ -46,12 +54,25 @@ def eval_step(variables, batch, *, predict, num_classes: int) -> jax.Array:
         "valid": [B] bool (False = padding example)}.
 
     Returns:
-      ([C, C] int32 matrix, rows = truth, columns = prediction; int32 count of real examples).
+      ([C, C] int32 matrix, rows = truth, columns = prediction; int32 count of real examples),
+      plus the predictions uint8 [B, H, W] with `with_predictions` (num_classes <= 256).
     """
     logits = predict(variables, batch["image"])
     preds = jnp.argmax(logits, axis=-1)
     cm = metrics.confusion_matrix(batch["label"], preds, num_classes, batch["valid"])
-    return cm, jnp.sum(batch["valid"].astype(jnp.int32))
+    count = jnp.sum(batch["valid"].astype(jnp.int32))
+    if with_predictions:
+        return cm, count, preds.astype(jnp.uint8)
+    return cm, count
+
+
+def _process_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order (its local batch)."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    # Keyed by the first row: replicas of a shard (e.g. over an fsdp axis) collapse into one.
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
 def variables_of(state) -> dict:
@@ -70,10 +91,23 @@ class Evaluator:
         self.spec = spec
         self._mesh = mesh
         self._batch_sharding = sharding.batch_sharding(mesh)
+        self._isbi = config.eval.isbi_metrics
+        if self._isbi and spec.num_classes != 2:
+            raise ValueError(
+                f"config.eval.isbi_metrics needs binary membrane data (0 = membrane, 1 = cell); "
+                f"{spec.name} has {spec.num_classes} classes"
+            )
         predict = inference_fn(model, config.eval)
+        replicated = sharding.replicated_sharding(mesh)
         self._step = jax.jit(
-            functools.partial(eval_step, predict=predict, num_classes=spec.num_classes),
-            out_shardings=sharding.replicated_sharding(mesh),
+            functools.partial(
+                eval_step,
+                predict=predict,
+                num_classes=spec.num_classes,
+                with_predictions=self._isbi,
+            ),
+            out_shardings=(replicated, replicated)
+            + ((self._batch_sharding,) if self._isbi else ()),
         )
         self._predict = jax.jit(lambda v, x: jnp.argmax(predict(v, x), axis=-1))
         # Re-iterable: the split is opened once, then read again at every evaluation.
@@ -83,9 +117,16 @@ class Evaluator:
 
     def confusion_matrix(self, state) -> tuple[np.ndarray, int]:
         """(int64 [C, C] matrix over the whole split, number of real examples)."""
+        cm, num_examples, _ = self._accumulate(state)
+        return cm, num_examples
+
+    def _accumulate(self, state) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """One pass over the split: (confusion matrix, example count, summed
+        `metrics.rand_statistics` over every host, or None without isbi_metrics)."""
         variables = variables_of(state)
         total, num_examples, pending = None, 0, None
-        # The bar counts real examples over all hosts as their matrices arrive (images/s, ETA);
+        rand = np.zeros(3, np.int64) if self._isbi else None
+        # The bar counts real examples over all hosts as their results arrive (images/s, ETA);
         # only the primary process draws it.
         bar = tqdm.tqdm(
             total=self._batches.num_examples,
@@ -95,30 +136,43 @@ class Evaluator:
             dynamic_ncols=True,
             disable=jax.process_index() != 0,
         )
+
+        def consume(out, local):
+            nonlocal total, num_examples
+            cm, n = jax.device_get(out[:2])
+            total, num_examples = metrics.accumulate(total, cm), num_examples + int(n)
+            bar.update(int(n))
+            if rand is not None:
+                preds = _process_rows(out[2])
+                rand[:] += metrics.rand_statistics(local["label"], preds, local["valid"])
+
         with bar:
             for local in self._batches:
                 out = self._step(variables, pipeline.to_global(local, self._batch_sharding))
-                # Fetch the previous batch's matrix while this one computes.
+                # Fetch the previous batch's results while this one computes.
                 if pending is not None:
-                    cm, n = jax.device_get(pending)
-                    total, num_examples = metrics.accumulate(total, cm), num_examples + int(n)
-                    bar.update(int(n))
-                pending = out
+                    consume(*pending)
+                pending = (out, local)
             if pending is not None:
-                cm, n = jax.device_get(pending)
-                total, num_examples = metrics.accumulate(total, cm), num_examples + int(n)
-                bar.update(int(n))
+                consume(*pending)
         if total is None:
             raise ValueError(
                 f"evaluation split {self._config.data.eval_split!r} of "
                 f"{self._config.data.name!r} yielded no batches"
             )
-        return total, num_examples
+        if rand is not None and jax.process_count() > 1:
+            rand = np.asarray(multihost_utils.process_allgather(rand)).sum(axis=0)
+        return total, num_examples, rand
 
     def evaluate(self, state) -> dict:
-        """The FCN paper's four metrics, per-class scores and `num_examples`."""
-        cm, num_examples = self.confusion_matrix(state)
+        """The FCN paper's four metrics, per-class scores and `num_examples`; with
+        `config.eval.isbi_metrics` also "pixel_error" and the Rand scores (`metrics.rand_error`)."""
+        cm, num_examples, rand = self._accumulate(state)
         result = metrics.compute_metrics(cm, list(self.spec.class_names))
+        if rand is not None:
+            # ISBI 2012's pixel error: the fraction of scored pixels whose class is wrong.
+            result["pixel_error"] = 1.0 - result["pixel_accuracy"]
+            result.update(metrics.rand_error(rand))
         result["num_examples"] = num_examples
         result["confusion_matrix"] = cm.tolist()  # rows = truth, columns = prediction
         return result
@@ -209,6 +263,11 @@ def write_report(workdir: str, result: dict, **meta) -> str:
         f"{k} {result[k]:.4f}"
         for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
     )
+    isbi = [
+        f"{k} {result[k]:.4f}" for k in ("pixel_error", "rand_error") if result.get(k) is not None
+    ]
+    if isbi:
+        summary += "; ISBI 2012: " + ", ".join(isbi)
     with open(os.path.join(out_dir, "per_class.md"), "w") as f:
         f.write(f"{summary}\n\n" + "\n".join(rows) + "\n")
     return path

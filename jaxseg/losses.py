@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from scipy import ndimage
 
-from jaxseg.metrics import pixel_mask
+from jaxseg.metrics import IGNORE_LABEL, pixel_mask
 
 
 def _check_shapes(logits: jax.Array, labels: jax.Array) -> None:
@@ -225,3 +225,35 @@ def unet_weight_map(
 
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
     return (weights + np.where(is_cell, 0.0, border)).astype(np.float32)
+
+
+def binary_weight_map(
+    label: np.ndarray, *, w0: float = 10.0, sigma: float = 5.0, cell_class: int = 1
+) -> np.ndarray:
+    """`unet_weight_map` of a binary class-id label map, as the input pipeline computes it.
+
+    Cells are the 4-connected components of `label == cell_class` (ISBI 2012: class 1 = cell,
+    class 0 = membrane); everything else is background for the distances. w_c balances the two
+    classes' frequencies among the scored (non-255) pixels of this map, so it averages to 1 over
+    them: w_c = scored / (2 * pixels of class c) (1 for a class that is absent). Ignored pixels
+    get weight 0 (the loss skips them anyway).
+
+    Args:
+      label: [H, W] int class ids in {0, 1}, 255 = ignore.
+      w0, sigma: the paper's border weight and width (10 and 5 px).
+      cell_class: the class whose connected components are the cells.
+
+    Returns:
+      [H, W] float32 weights.
+    """
+    label = np.asarray(label)
+    scored = label != IGNORE_LABEL
+    is_cell = label == cell_class
+    instances, _ = ndimage.label(is_cell)  # default structure: 4-connectivity in 2-D
+    counts = np.array([np.sum(scored & ~is_cell), np.sum(is_cell)], np.float64)
+    present = counts > 0
+    w_class = np.divide(scored.sum(), present.sum() * counts, out=np.ones(2), where=present)
+    weights = unet_weight_map(
+        instances, w0=w0, sigma=sigma, class_weights=(float(w_class[0]), float(w_class[1]))
+    )
+    return np.where(scored, weights, 0.0).astype(np.float32)

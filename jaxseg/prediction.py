@@ -1,9 +1,11 @@
 """Segments image files with a trained run: palette PNG masks (and overlays) at each image's size.
 
 Used by predict.py. Images are read with PIL, scaled to [0, 1] and normalised exactly like the
-input pipeline (`(x - config.data.mean) / config.data.std`). Each image is mirror-padded up to a
+input pipeline (`(x - config.data.mean) / config.data.std`). Each image is padded up to a
 multiple of `BUCKET` px per side before the jitted forward pass, so a folder of photos of many
 sizes compiles once per bucket shape rather than once per image; the labels are cropped back.
+The padding is the pipeline's own (`transforms.pad_image`: 0 after normalisation, bottom/right),
+so predict.py sees exactly the borders that training and evaluation saw.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tqdm
 from PIL import Image, UnidentifiedImageError
 
 from jaxseg import inference, visualize
+from jaxseg.data import transforms
 
 BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets up to depth 5.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -124,10 +127,7 @@ def predict_image(predictor: Predictor, image: np.ndarray) -> np.ndarray:
     h, w, _ = image.shape
     x = (image - predictor.mean) / predictor.std
     ph, pw = bucket_shape(h, w, predictor.bucket)
-    # Mirror padding keeps border statistics natural; numpy reflects repeatedly when the pad is
-    # wider than the image. A 1-px side cannot be reflected, so it is repeated instead.
-    mode = "reflect" if min(h, w) > 1 else "edge"
-    x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode=mode)
+    x = transforms.pad_image(x, ph, pw)
     labels = predictor.predict(predictor.variables, x[None])
     return np.asarray(jax.device_get(labels))[0, :h, :w].astype(np.uint8)
 

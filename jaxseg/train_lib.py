@@ -26,7 +26,7 @@ import tqdm
 
 from jaxseg import checkpointing, evaluation, losses, metric_writers, metrics, optim, sharding
 from jaxseg.data import datasets, pipeline
-from jaxseg.models import build_model
+from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
 
 PyTree = Any
@@ -309,6 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         global_batch_size=config.batch_size,
         seed=config.seed,
         start_step=start_step,
+        # A valid U-Net scores only its tile's centre: mirror-pad images by its context.
+        context=input_context(model, tuple(config.data.crop_size)),
     )
     evaluator = evaluation.Evaluator(config, model, mesh, spec)
     writer = metric_writers.MetricWriter(workdir)

@@ -16,7 +16,8 @@ CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if "def get_config" in 
 
 
 def test_expected_configs_exist():
-    expected = {"default", "smoke", "fcn32s_voc", "fcn16s_voc", "fcn8s_voc", "unet_isbi"}
+    expected = {"default", "smoke", "fcn32s_voc", "fcn16s_voc", "fcn8s_voc", "fcn8s_atonce_voc"}
+    expected |= {"unet_isbi"}
     assert expected <= set(CONFIGS)
 
 
@@ -52,3 +53,27 @@ def test_locked_config_rejects_unknown_keys():
     config.lock()
     with pytest.raises(AttributeError, match="learning_rate"):
         config.optim.learnig_rate = 1.0
+
+
+def test_fcn8s_at_once_recipe_is_the_release_solver():
+    """voc-fcn8s-atonce: from VGG16 in one stage, lr 1e-10 (not the staged 8s's 1e-14), 300k."""
+    c = importlib.import_module("configs.fcn8s_atonce_voc").get_config()
+    assert c.model.name == "fcn8s" and c.model.at_once and c.model.alignment == "reference"
+    assert c.optim.learning_rate == 1e-10 and c.total_steps == 300_000
+    assert c.optim.momentum == 0.99 and c.optim.weight_decay == 5e-4 and not c.loss.normalize
+    assert c.batch_size == 1 and c.optim.schedule == "constant"
+    assert c.init_from.startswith("vgg16:") and c.init_from.endswith(".h5")
+
+
+def test_unet_isbi_recipe_uses_the_paper_pieces():
+    c = importlib.import_module("configs.unet_isbi").get_config()
+    d = c.data
+    assert d.weight_map and (d.weight_map_w0, d.weight_map_sigma) == (10.0, 5.0)
+    assert c.loss.class_weights == ()  # w_c lives in the weight map, not applied twice
+    assert d.elastic and d.rotation_degrees > 0 and d.shift_px > 0
+    assert c.eval.isbi_metrics and c.eval.mode == "overlap_tile"
+    assert "warping error is not computed" in importlib.import_module("configs.unet_isbi").__doc__
+    # The defaults leave every other recipe as it was.
+    default = importlib.import_module("configs.default").get_config()
+    assert not default.data.weight_map and not default.eval.isbi_metrics
+    assert default.data.rotation_degrees == default.data.shift_px == 0.0

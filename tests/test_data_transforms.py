@@ -1,6 +1,7 @@
 """Joint transforms keep image and mask aligned, pad with 255, and match numpy oracles."""
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ import scipy.ndimage
 import tensorflow as tf
 
 from configs.default import data_config
+from jaxseg import losses
 from jaxseg.data import transforms
+from jaxseg.models import build_model, input_context, output_size
 
 IGNORE = transforms.IGNORE_ID
 
@@ -161,7 +164,7 @@ def test_same_seed_same_draws_and_chain_shapes():
     cfg.elastic = True
     cfg.mean, cfg.std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     chain = transforms.train_transforms(cfg)
-    assert len(chain) == 6  # scale, elastic, crop, flip, jitter, normalise
+    assert len(chain) == 7  # scale, elastic, crop, flip, jitter, normalise, pad
     run = functools.partial(transforms.apply, chain, _block_example())
     a, b, c = run(_seed(1)), run(_seed(1)), run(_seed(2))
     assert a["image"].shape == (40, 48, 3) and a["label"].shape == (40, 48)
@@ -177,3 +180,133 @@ def test_pad_to_pads_bottom_right_with_255():
     np.testing.assert_array_equal(label[:32, :32], example["label"])
     assert (label[32:] == IGNORE).all() and (label[:, 32:] == IGNORE).all()
     assert (out["image"].numpy()[32:] == 0).all()
+
+
+def _plain_cfg(crop_size):
+    """No random augmentation, identity normalisation: the image values pass through."""
+    cfg = data_config()
+    cfg.crop_size = crop_size
+    cfg.min_scale = cfg.max_scale = 1.0
+    cfg.hflip = False
+    cfg.brightness = cfg.contrast = cfg.saturation = cfg.hue = 0.0
+    cfg.mean, cfg.std = (0.0,), (1.0,)
+    return cfg
+
+
+def test_reflect_pad_matches_numpy_for_any_width():
+    example = _block_example(size=8, block=2, channels=1)
+    for rows, cols in [(3, 5), (20, 9)]:  # 20 > 8: reflects back and forth, like numpy
+        out = transforms.reflect_pad(example, _seed(0), height=rows, width=cols)
+        want = np.pad(example["label"].numpy(), ((rows, rows), (cols, cols)), mode="reflect")
+        np.testing.assert_array_equal(out["label"], want)
+        np.testing.assert_array_equal(out["image"][..., 0], (want / 10.0).astype(np.float32))
+    one = {"image": tf.ones([1, 1, 1]), "label": tf.ones([1, 1], tf.int32)}
+    assert transforms.reflect_pad(one, _seed(0), height=2, width=2)["label"].shape == (5, 5)
+
+
+def test_valid_unet_training_tiles_score_every_labelled_pixel():
+    """Over many draws the scored centre of the training tile reaches every pixel of the image,
+    and each draw scores an unmirrored window of it (mirrored copies are context only)."""
+    model = build_model({"name": "unet", "num_classes": 2, "base_width": 4, "depth": 2})
+    tile = (56, 56)
+    context, out = input_context(model, tile), output_size(model, tile)
+    assert context == (20, 20) and out == (16, 16)
+    height, width = 24, 28
+    index = np.arange(height * width, dtype=np.float32).reshape(height, width)
+    example = {
+        "image": tf.constant(index[..., None]),
+        "label": tf.ones([height, width], tf.int32),
+    }
+
+    def scored_indices(ctx, seed):
+        chain = transforms.train_transforms(_plain_cfg(tile), context=ctx)
+        ex = transforms.apply(chain, example, _seed(seed))
+        image, label = ex["image"].numpy()[..., 0], ex["label"].numpy()
+        m = (tile[0] - out[0]) // 2, (tile[1] - out[1]) // 2
+        centre = (slice(m[0], m[0] + out[0]), slice(m[1], m[1] + out[1]))
+        return image[centre], label[centre] != IGNORE
+
+    seen = np.zeros(height * width, bool)
+    for seed in range(100):
+        values, scored = scored_indices(context, seed)
+        assert scored.all()  # the scored centre lies inside the mirror-padded image
+        r0, c0 = divmod(int(values[0, 0]), width)
+        np.testing.assert_array_equal(values, index[r0 : r0 + out[0], c0 : c0 + out[1]])
+        seen[values.astype(int).ravel()] = True
+    assert seen.all(), f"scored coverage {seen.mean():.3f}"
+
+    # Without the context (the old pipeline) the crop has one position: a fixed window.
+    values, scored = scored_indices((0, 0), 0)
+    assert scored.sum() < height * width / 2
+
+
+def test_rotation_by_a_right_angle_and_integer_shift_match_numpy():
+    example = _block_example(size=16, block=4, channels=1)
+    label = example["label"].numpy()
+    # The draw is u * max_degrees with u in [-1, 1]; scale max_degrees so it is exactly +-90.
+    seed = _seed(5)
+    u = tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(seed, 0), -1.0, 1.0
+    ).numpy()
+    out = transforms.random_rotate_shift(
+        example, seed, max_degrees=90.0 / abs(float(u)), max_shift=0.0
+    )
+    # Output (r, c) shows source R(angle) (r, c) about the centre: +90 is a clockwise turn.
+    want = np.rot90(label, -1 if u > 0 else 1)
+    np.testing.assert_array_equal(out["label"], want)
+    # A pure shift is a mirrored roll: output (r, c) shows source (r - dy, c - dx).
+    out = transforms.random_rotate_shift(example, _seed(3), max_degrees=0.0, max_shift=6.0)
+    dy, dx = (
+        tf.random.stateless_uniform(
+            [2], tf.random.experimental.stateless_fold_in(_seed(3), 1), -1.0, 1.0
+        ).numpy()
+        * 6.0
+    )
+    r = np.clip(np.round(np.arange(16)[:, None] - dy), -16, 31).astype(int)
+    c = np.clip(np.round(np.arange(16)[None, :] - dx), -16, 31).astype(int)
+    reflect = lambda v: np.minimum(np.mod(v, 30), 30 - np.mod(v, 30))
+    np.testing.assert_array_equal(out["label"], label[reflect(r), reflect(c)])
+    assert (out["label"].numpy() != IGNORE).all()  # mirrored, never a 255 band
+
+
+def test_weight_map_rides_along_and_equals_the_hand_map():
+    """Two 2 x 2 cells with a 1 px membrane gap; the pipeline's "weight" = eq. 2 by hand."""
+    label = np.zeros((4, 7), np.int32)
+    label[1:3, 1:3] = 1
+    label[1:3, 4:6] = 1
+    label[0, 6] = IGNORE
+    cfg = _plain_cfg((4, 7))
+    cfg.weight_map = True
+    example = {"image": tf.zeros([4, 7, 1]), "label": tf.constant(label)}
+    w = transforms.apply(transforms.train_transforms(cfg), example, _seed(0))["weight"].numpy()
+    # 27 scored pixels: 8 cell, 19 membrane -> w_c = 27 / (2 * 8), 27 / (2 * 19).
+    w_cell, w_bg = 27 / 16, 27 / 38
+    border = lambda d1, d2: 10 * math.exp(-((d1 + d2) ** 2) / (2 * 5.0**2))
+    assert w[1, 3] == pytest.approx(w_bg + border(1, 1), rel=1e-6)  # the gap between cells
+    assert w[0, 0] == pytest.approx(w_bg + border(math.sqrt(2), math.sqrt(1 + 16)), rel=1e-6)
+    assert w[0, 3] == pytest.approx(w_bg + border(math.sqrt(2), math.sqrt(2)), rel=1e-6)
+    np.testing.assert_allclose(w[label == 1], w_cell, rtol=1e-6)
+    assert w[0, 6] == 0  # ignored
+    np.testing.assert_allclose(w, losses.binary_weight_map(label), rtol=1e-6)
+
+    # Flip and crop move it with the label; the pad band weighs 0.
+    cfg = _plain_cfg((6, 5))
+    cfg.weight_map, cfg.hflip = True, True
+    for i in range(4):
+        out = transforms.apply(transforms.train_transforms(cfg), example, _seed(i))
+        lab, wt = out["label"].numpy(), out["weight"].numpy()
+        assert wt.shape == (6, 5) and (wt[4:] == 0).all() and (lab[4:] == IGNORE).all()
+        np.testing.assert_allclose(wt[lab == 1], w_cell, rtol=1e-6)
+
+
+def test_train_crop_pads_with_zero_after_normalisation_like_eval():
+    """An image smaller than the crop: the training band is 0 in normalised units, as eval's."""
+    cfg = _plain_cfg((40, 36))
+    cfg.mean, cfg.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    cfg.eval_pad_size = (40, 36)
+    example = _block_example(size=32, block=8)
+    train = transforms.apply(transforms.train_transforms(cfg), example, _seed(0))
+    evaluated = transforms.apply(transforms.eval_transforms(cfg), example, _seed(0))
+    np.testing.assert_array_equal(train["image"], evaluated["image"])
+    np.testing.assert_array_equal(train["label"], evaluated["label"])
+    assert (train["image"].numpy()[32:] == 0).all()

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.ndimage
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -173,3 +174,73 @@ def test_compute_metrics_matches_oracle_on_random_data(cm_fn):
 def test_compute_metrics_rejects_bad_input(cm, class_names, message):
     with pytest.raises(ValueError, match=message):
         metrics.compute_metrics(cm, class_names)
+
+
+# ISBI 2012 foreground-restricted Rand error: class 1 = cell, class 0 = membrane.
+
+
+def test_rand_statistics_hand_values():
+    # Two 2-px truth cells; the prediction merges them: F = 2*8 / (8 + 16).
+    merged = metrics.rand_error(
+        metrics.rand_statistics(np.array([[[1, 1, 0, 1, 1]]]), np.ones((1, 1, 5), int))
+    )
+    assert merged["rand_f_score"] == pytest.approx(2 / 3)
+    assert merged["rand_error"] == pytest.approx(1 / 3)
+    assert (merged["rand_split"], merged["rand_merge"]) == (1.0, 0.5)
+    # One truth pixel predicted as membrane is a singleton: n_ij^2 = 1 + 4, +1; a^2 = 8;
+    # b^2 = 1 + 4, +1 -> F = 2 * 6 / (8 + 6) = 6/7.
+    split = metrics.rand_statistics(np.array([[[1, 1, 0, 1, 1]]]), np.array([[[0, 1, 0, 1, 1]]]))
+    np.testing.assert_array_equal(split, [6, 8, 6])
+    assert metrics.rand_error(split)["rand_f_score"] == pytest.approx(6 / 7)
+    # Diagonal neighbours are two cells (4-connectivity, as Fiji's), merged by the prediction.
+    diag = metrics.rand_statistics(np.array([[[1, 0], [0, 1]]]), np.ones((1, 2, 2), int))
+    np.testing.assert_array_equal(diag, [2, 2, 4])
+    # A perfect prediction scores 0; membrane-only truth gives no score at all.
+    truth = np.array([[[1, 1, 0, 1], [0, 0, 0, 1]]])
+    assert metrics.rand_error(metrics.rand_statistics(truth, truth))["rand_error"] == 0.0
+    assert metrics.rand_error(metrics.rand_statistics(0 * truth, truth))["rand_error"] is None
+
+
+def _fiji_rand_f_score(labels, preds):
+    """Oracle after Fiji's RandError.foregroundRestrictedStatsN2 on a stack whose per-slice
+    4-connected components get distinct ids: normalised contingency p_ij over all pixels,
+    rows = truth (0 = membrane, pruned), columns = prediction (0 = membrane: singletons)."""
+    four = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    truth, pred = np.zeros(labels.shape, int), np.zeros(labels.shape, int)
+    t_next = p_next = 0
+    for k in range(labels.shape[0]):
+        t, nt = scipy.ndimage.label(labels[k] == 1, structure=four)
+        p, npred = scipy.ndimage.label((preds[k] == 1) & (labels[k] != 255), structure=four)
+        truth[k] = np.where(t > 0, t + t_next, 0)
+        pred[k] = np.where(p > 0, p + p_next, 0)
+        t_next, p_next = t_next + nt, p_next + npred
+    n = np.count_nonzero(truth)
+    pij = np.zeros((t_next + 1, p_next + 1))
+    np.add.at(pij, (truth.ravel(), pred.ravel()), 1.0)
+    pij /= n
+    a = pij[1:, :].sum(axis=1)
+    b = pij[1:, 1:].sum(axis=0)
+    aux = pij[1:, 0].sum()
+    sum_a2 = np.sum(a**2)
+    sum_b2 = np.sum(b**2) + aux / n
+    sum_ab2 = np.sum(pij[1:, 1:] ** 2) + aux / n
+    precision, recall = sum_ab2 / sum_b2, sum_ab2 / sum_a2
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_rand_statistics_sum_over_slices_to_the_fiji_oracle():
+    rng = np.random.default_rng(0)
+    # Membrane-like truth: a random grid of walls; predictions flip a few pixels.
+    labels = np.ones((4, 24, 20), np.int32)
+    for k in range(4):
+        labels[k, rng.choice(24, 4, replace=False), :] = 0
+        labels[k, :, rng.choice(20, 3, replace=False)] = 0
+    preds = np.where(rng.random(labels.shape) < 0.08, 1 - labels, labels)
+    labels[0, :3, :3] = 255  # ignored pixels count for neither side
+    valid = np.array([True, True, True, False])
+    total = np.zeros(3, np.int64)
+    for k in range(0, 4, 2):  # two batches of two: the statistics add up
+        total += metrics.rand_statistics(labels[k : k + 2], preds[k : k + 2], valid[k : k + 2])
+    want = _fiji_rand_f_score(labels[:3], preds[:3])
+    assert metrics.rand_error(total)["rand_f_score"] == pytest.approx(want, rel=1e-12)
+    assert 0.05 < 1 - want < 0.95  # a case with both splits and merges

@@ -14,6 +14,7 @@ from jaxseg.models import (
     unet_sizes,
     unet_valid_input_sizes,
 )
+from jaxseg.models.layers import center_crop
 
 
 def _abstract(model, shape):
@@ -160,3 +161,76 @@ def test_every_model_in_dict_builds_and_maps_shapes(name):
     hw = (188, 188) if name == "unet" else (64, 64)
     _, logits = _abstract(model, (1, *hw, 3))
     assert logits.shape == (1, *output_size(model, hw), 4)
+
+
+@pytest.fixture(scope="module")
+def valid_unet():
+    """A depth-2 valid U-Net of width 16 (44 px in -> 4 px out) and its initial variables."""
+    model = build_model({"name": "unet", "num_classes": 2, "base_width": 16, "depth": 2})
+    x = jax.random.normal(jax.random.key(0), (1, 44, 44, 1))
+    return model, model.init(jax.random.key(1), x, train=False), x
+
+
+def test_unet_dropout_sits_at_the_end_of_the_contracting_path_and_on_its_skip(valid_unet):
+    """As in the authors' release: the last contracting level's output is dropped out before it
+    feeds both its skip and the bottom block, and the bottom block's output is dropped out."""
+    import flax.linen as nn
+
+    model, variables, x = valid_unet
+    up2_inputs = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.module.name == "up2" and context.method_name == "__call__":
+            up2_inputs.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _, state = model.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+            capture_intermediates=True, mutable=["intermediates"],
+        )  # fmt: skip
+    inter = state["intermediates"]
+    down2, dropped = inter["down2"]["__call__"][0], inter["dropout2"]["__call__"][0]
+    active, kept = down2 != 0, dropped != 0  # ReLU outputs: many are 0 before dropout
+    assert 0.4 < float(kept.sum() / active.sum()) < 0.6 and not (kept & ~active).any()
+    np.testing.assert_allclose(dropped[kept], down2[kept] / 0.5, rtol=1e-6)
+    # The skip concatenated into up2 (its first 32 channels) is the dropped-out tensor, cropped.
+    skip = up2_inputs[0][..., :32]
+    np.testing.assert_array_equal(skip, center_crop(dropped, *skip.shape[1:3]))
+    bottom, dropped_bottom = inter["bottom"]["__call__"][0], inter["dropout_bottom"]["__call__"][0]
+    assert dropped_bottom.shape == bottom.shape == (1, 4, 4, 64)
+    assert 0 < float((dropped_bottom == 0).mean()) < 1
+    # Dropout sits nowhere else: the modules drawing dropout RNGs are exactly these two.
+    assert {k for k in inter if k.startswith("dropout")} == {"dropout2", "dropout_bottom"}
+
+
+def test_unet_init_is_untruncated_he_normal_on_every_conv(valid_unet):
+    """std sqrt(2 / N), N = inputs of one output neuron: k*k*C_in for convs (1x1 output too),
+    C_in for the non-overlapping 2x2 stride-2 up-convs; untruncated Gaussian tails."""
+    _, variables, _ = valid_unet
+    z_all = []
+    for path, w in jax.tree_util.tree_leaves_with_path(variables["params"]):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        w = np.asarray(w, np.float64)
+        if name.endswith("bias"):
+            assert (w == 0).all(), name
+            continue
+        fan_in = w.shape[2] if name.startswith("upconv") else int(np.prod(w.shape[:-1]))
+        std = np.sqrt(2.0 / fan_in)
+        assert abs(w.std() / std - 1) < 4 / np.sqrt(2 * w.size) + 0.01, (name, w.std(), std)
+        assert abs(w.mean()) < 4 * std / np.sqrt(w.size), name
+        z_all.append(w.ravel() / std)
+    assert len(z_all) == 2 * 3 + 2 + 2 * 2 + 1  # 6 down/bottom convs, 2 up-convs, 4 up, output
+    z = np.concatenate(z_all)
+    # A Gaussian has 1.24% beyond 2.5 std; flax's he_normal (truncated at 2) has none beyond 2.28.
+    assert 0.009 < np.mean(np.abs(z) > 2.5) < 0.016
+
+
+def test_paper_unet_context_is_92_px_from_its_size_rule():
+    from configs import unet_isbi
+    from jaxseg.models import input_context
+
+    config = unet_isbi.get_config()
+    model = build_model(config.model)
+    assert input_context(model, tuple(config.data.crop_size)) == (92, 92)
+    assert input_context(build_model({"name": "unet_padded"}), (64, 64)) == (0, 0)

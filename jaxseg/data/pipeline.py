@@ -232,6 +232,7 @@ def make_train_iterator(
     global_batch_size: int,
     seed: int,
     start_step: int = 0,
+    context: tuple[int, int] = (0, 0),
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> TrainIterator:
@@ -242,17 +243,25 @@ def make_train_iterator(
       global_batch_size: examples per step over all hosts; a multiple of process_count.
       seed: data seed (shuffling and augmentation).
       start_step: first step to yield; pass `state()["step"]` of a saved iterator to resume.
+      context: (rows, cols) the model's output lies inside its input
+        (`jaxseg.models.input_context`); images are mirror-padded by it before augmentation.
       process_index, process_count: this host and the host count; default from jax.
 
     Returns:
-      a TrainIterator of `{"image": float32 [L, h, w, C] normalised, "label": int32 [L, h, w]}`,
+      a TrainIterator of `{"image": float32 [L, h, w, C] normalised, "label": int32 [L, h, w]}`
+      (plus "weight": float32 [L, h, w] with `config.data.weight_map`),
       L = global_batch_size / process_count, (h, w) = `config.data.crop_size`.
     """
     index, count = _processes(process_index, process_count)
     local = _local_batch_size(global_batch_size, count)
     spec, source = open_split(data_cfg, data_cfg.train_split, key="config.data.train_split")
     num_examples = len(source)
-    chain = transforms.train_transforms(data_cfg)
+    if data_cfg.weight_map and spec.num_classes != 2:
+        raise ValueError(
+            f"config.data.weight_map needs a binary data set (class 1 = cell); {spec.name} has "
+            f"{spec.num_classes} classes"
+        )
+    chain = transforms.train_transforms(data_cfg, context=context)
     decode = _decoder(spec, data_cfg.train_split)
 
     def locate(counter):

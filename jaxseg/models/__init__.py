@@ -58,11 +58,23 @@ def output_size(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
     return tuple(input_hw)
 
 
+def input_context(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of input context each side of the logits for an input of size input_hw.
+
+    A valid U-Net's logits cover the centre of its input; this is the margin around them
+    ((572 - 388) / 2 = 92 px for the paper's network), 0 for same-size models. Training
+    mirror-pads images by it, so every labelled pixel can land in the scored centre.
+    """
+    out_h, out_w = output_size(model, input_hw)
+    return (input_hw[0] - out_h) // 2, (input_hw[1] - out_w) // 2
+
+
 __all__ = [
     "FCN",
     "MODELS",
     "UNet",
     "build_model",
+    "input_context",
     "output_size",
     "unet_output_size",
     "unet_sizes",

@@ -20,6 +20,13 @@ from jaxseg.models.layers import UpConv2x2, bilinear_resize_2x, center_crop, max
 PADDINGS = ("VALID", "SAME")
 UPSAMPLINGS = ("transpose", "bilinear")
 
+# The paper's init (section 3): Gaussian with std sqrt(2 / N), N = incoming nodes of one neuron;
+# untruncated (flax's he_normal truncates at 2 std). For k x k convs flax's fan_in = k*k*C_in is N.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# A 2x2 stride-2 up-conv's output pixel sees one input pixel per channel (the blocks do not
+# overlap), so N = C_in, while flax's fan_in counts the kernel's 2*2*C_in: scale by 4.
+he_normal_upconv = nn.initializers.variance_scaling(2.0 * 4, "fan_in", "normal")
+
 
 def unet_sizes(input_size: int, depth: int = 4) -> dict[str, list[int]]:
     """Spatial sizes through a valid-convolution U-Net (one side; the paper's Fig. 1).
@@ -104,8 +111,7 @@ class ConvBlock(nn.Module):
                 (3, 3),
                 padding=self.padding,
                 use_bias=not self.use_batchnorm,
-                # He init, as the paper recommends (section 3: std sqrt(2/N)).
-                kernel_init=nn.initializers.he_normal(),
+                kernel_init=he_normal,
                 dtype=self.dtype,
                 name=f"conv{i}",
             )(x)
@@ -127,7 +133,9 @@ class UNet(nn.Module):
       use_batchnorm: BatchNorm after every conv (not in the paper).
       upsampling: "transpose" (the paper's 2x2 up-convolution halving the channels) or "bilinear"
         (a 1x1 conv halving the channels and a bilinear 2x resize).
-      dropout_rate: dropout at the end of the contracting path (the paper's section 3.1).
+      dropout_rate: dropout at the end of the contracting path (the paper's section 3.1), placed
+        as in the authors' release: on the last contracting level's output (which feeds both its
+        skip and the bottom block) and on the bottom block's output.
       dtype: computation dtype (params stay float32; logits are returned in float32).
     """
 
@@ -165,21 +173,30 @@ class UNet(nn.Module):
         skips = []
         for i in range(self.depth):
             x = block(i, f"down{i + 1}")(x, train=train)
+            if i == self.depth - 1:  # the end of the contracting path: before skip and pool
+                drop = nn.Dropout(self.dropout_rate, name=f"dropout{i + 1}")
+                x = drop(x, deterministic=not train)
             skips.append(x)
             x = max_pool_2x2(x)
         x = block(self.depth, "bottom")(x, train=train)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout_bottom")(x)
         for i in reversed(range(self.depth)):
             features = self.base_width * 2**i
             if self.upsampling == "transpose":
-                x = UpConv2x2(features, dtype=self.dtype, name=f"upconv{i + 1}")(x)
+                x = UpConv2x2(
+                    features, kernel_init=he_normal_upconv, dtype=self.dtype, name=f"upconv{i + 1}"
+                )(x)
             else:
                 # The 1x1 conv and the resize are both linear and the resize weights sum to 1,
                 # so they commute: convolving first is the same map at a quarter of the FLOPs.
-                x = nn.Conv(features, (1, 1), dtype=self.dtype, name=f"upconv{i + 1}")(x)
+                x = nn.Conv(
+                    features, (1, 1), kernel_init=he_normal, dtype=self.dtype, name=f"upconv{i + 1}"
+                )(x)
                 x = bilinear_resize_2x(x)
             skip = center_crop(skips[i], x.shape[1], x.shape[2])
             x = jnp.concatenate([skip, x], axis=-1)
             x = block(i, f"up{i + 1}")(x, train=train)
-        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="output")(x)
+        logits = nn.Conv(
+            self.num_classes, (1, 1), kernel_init=he_normal, dtype=self.dtype, name="output"
+        )(x)
         return logits.astype(jnp.float32)
