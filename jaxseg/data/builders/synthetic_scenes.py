@@ -296,7 +296,8 @@ def render_scenes(
         scale = (bottom - horizon) * (uniform(0.25, 0.7) if k < 3 else uniform(0.1, 0.18))
         cx = uniform(0.0, 1.0)
         half_w = scale * uniform(0.4, 1.0)
-        look = "any" if k < 3 else "leather"  # decoys look like purses: context must decide
+        # The last two are purse-like decoys half of the time: context must tell them apart.
+        look = "leather" if k >= 3 and rng.random() < 0.5 else "any"
         if rng.random() < 0.5:
             canvas.paint(rect(bottom - scale, bottom, cx - half_w, cx + half_w), BACKGROUND, look)
         else:
@@ -338,8 +339,8 @@ def render_scenes(
         has_purse = rng.random(n) < 0.55
         hand = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
         hand_x = px + hand * 0.16 * h
-        purse_w, purse_h = uniform(0.12, 0.2) * h, uniform(0.1, 0.16) * h
-        purse_cx = hand_x + hand * 0.04 * h
+        purse_w, purse_h = uniform(0.16, 0.26) * h, uniform(0.13, 0.2) * h
+        purse_cx = hand_x + hand * 0.06 * h
         top = off_screen(hip - 0.02 * h, has_purse)
         canvas.paint(
             rect(top, top + purse_h, purse_cx - purse_w / 2, purse_cx + purse_w / 2),
@@ -426,19 +427,19 @@ def _shade(rng, base, spread, size):
 # The rest of the time a slot takes a uniformly random colour.
 _LOOKS = {
     "any": (0.0, []),
-    "sky": (0.85, [(0.7, (120, 170, 225), 0.2), (0.3, (200, 205, 210), 0.15)]),
-    "asphalt": (0.85, [(1.0, (85, 85, 90), 0.35)]),
-    "paving": (0.85, [(0.6, (175, 172, 165), 0.15), (0.4, (200, 185, 160), 0.12)]),
-    "foliage": (0.85, [(0.7, (60, 120, 45), 0.4), (0.3, (120, 140, 50), 0.3)]),
-    "bark": (0.85, [(1.0, (95, 70, 50), 0.3)]),
+    "sky": (0.9, [(0.7, (120, 170, 225), 0.2), (0.3, (200, 205, 210), 0.15)]),
+    "asphalt": (0.9, [(1.0, (85, 85, 90), 0.35)]),
+    "paving": (0.9, [(0.6, (175, 172, 165), 0.15), (0.4, (200, 185, 160), 0.12)]),
+    "foliage": (0.9, [(0.7, (60, 120, 45), 0.4), (0.3, (120, 140, 50), 0.3)]),
+    "bark": (0.9, [(1.0, (95, 70, 50), 0.3)]),
     "facade": (
-        0.8,
+        0.85,
         [(0.4, (160, 75, 60), 0.25), (0.35, (150, 150, 150), 0.3), (0.25, (210, 195, 160), 0.1)],
     ),
-    "metal": (0.8, [(1.0, (70, 75, 80), 0.4)]),
+    "metal": (0.85, [(1.0, (70, 75, 80), 0.4)]),
     "skin": (0.7, [(0.5, (225, 180, 150), 0.1), (0.5, (150, 100, 70), 0.25)]),
     "leather": (
-        0.85,
+        0.9,
         [(0.45, (120, 70, 40), 0.3), (0.25, (35, 30, 30), 0.3), (0.3, (190, 40, 50), 0.15)],
     ),
 }
