@@ -23,7 +23,8 @@ class MetricWriter:
     TensorBoard event files are append-only; for them a SessionLog START event at step s + 1 is
     written into each split's folder, which TensorBoard's default `purge_orphaned_data` reads as
     "discard the events of this split at steps >= s + 1 written before me", so its curves show
-    each step once too. Non-primary processes write nothing.
+    each step once too (TensorBoard's server and `plugin_event_accumulator`; other readers of
+    raw event files see both values of a repeated step). Non-primary processes write nothing.
     """
 
     def __init__(self, workdir: str, resume_step: int | None = None):
@@ -114,14 +115,15 @@ def _mark_tensorboard_restart(tb_dir: str, step: int) -> None:
         # Event files are TFRecords of Event protos, read in file-name (= creation time) order.
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.restart-{step}"
         with tf.io.TFRecordWriter(os.path.join(tb_dir, split, name)) as f:
-            for event in (
-                event_pb2.Event(wall_time=now, step=step + 1, file_version="brain.Event:2"),
-                event_pb2.Event(
-                    wall_time=now,
-                    step=step + 1,
-                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
-                ),
-            ):
+            start = event_pb2.Event(
+                wall_time=now,
+                step=step + 1,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            )
+            version = event_pb2.Event(wall_time=now, step=step + 1, file_version="brain.Event:2")
+            # TensorBoard takes a run's first START as the initial one (tf.summary writes
+            # none) and purges on each later one: two make the first marker count as well.
+            for event in (version, start, start):
                 f.write(event.SerializeToString())
     # The new writers' files must sort after the marker: their names start with the same whole
     # second, so wait for the next one.
