@@ -189,19 +189,22 @@ class Checkpointer:
             ) from e
         if metrics is not None:
             metrics = self._checked_metrics(step, metrics)
-        checksums = array_checksums(state)
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardSave(state),
-                    _EXTRA: ocp.args.JsonSave(dict(extra)),
-                    _CHECKSUMS: ocp.args.JsonSave(checksums),
-                }
-            ),
-            metrics=metrics,
-            force=force,
-        )
+        # Ctrl-C inside orbax's synchronous part would leave a save that can never finish;
+        # deferred to just after it, the train loop's cleanup then waits for the write.
+        with _sigint_deferred():
+            checksums = array_checksums(state)
+            return self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        _STATE: ocp.args.StandardSave(state),
+                        _EXTRA: ocp.args.JsonSave(dict(extra)),
+                        _CHECKSUMS: ocp.args.JsonSave(checksums),
+                    }
+                ),
+                metrics=metrics,
+                force=force,
+            )
 
     def _checked_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         if self.best_metric not in metrics:
@@ -388,6 +391,33 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _sigint_deferred:
+    """Holds back SIGINT (KeyboardInterrupt) for the duration, raising it on exit.
+
+    Only where Python's own handler is installed and in the main thread; elsewhere a no-op.
+    """
+
+    def __enter__(self):
+        self._received = False
+        self._active = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if self._active:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame):
+        del signum, frame
+        self._received = True
+
+    def __exit__(self, exc_type, *rest):
+        if self._active:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self._received and exc_type is None:
+                raise KeyboardInterrupt
 
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:

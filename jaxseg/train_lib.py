@@ -219,7 +219,13 @@ def restore_checkpoint(config, workdir: str, checkpoint="latest", mesh=None):
         which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
         if which == "best" and ckpt.best_step() is None:
             which = "latest"
-        state, _ = ckpt.restore(abstract, which)
+        try:
+            state, _ = ckpt.restore(abstract, which)
+        except checkpointing.CorruptCheckpointError as e:
+            others = [s for s in ckpt.all_steps() if s != e.step]
+            raise checkpointing.CorruptCheckpointError(
+                e.step, e.path, f"{e.cause} (other checkpoints: {others}; pick one by step)"
+            ) from e
     return model, state
 
 
