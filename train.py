@@ -2,7 +2,9 @@ r"""Trains a segmentation model: flags only, then one call into jaxseg.
 
   python train.py --config configs/default.py --workdir runs/default [--config.key=value ...]
 
-Rerunning the same command resumes from the latest checkpoint in --workdir. Multi-host jobs call
+Rerunning the same command resumes from the latest checkpoint in --workdir. Exit status: 0 when
+the run reached config.total_steps; 75 (EX_TEMPFAIL) when it stopped early with a checkpoint
+(SIGTERM / preemption, config.max_steps_per_run), so rerun it; 1 on an error. Multi-host jobs call
 `jax.distributed.initialize()`, which reads SLURM / TPU / GPU cluster environments by itself; the
 --coordinator_address / --num_processes / --process_id flags cover the other cases.
 """
@@ -46,7 +48,7 @@ def main(argv):
         )
     backend.configure_jax_for_backend()
     logging.info("Config:\n%s", FLAGS.config)
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    return train_lib.run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

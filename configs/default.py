@@ -71,7 +71,9 @@ def data_config() -> ml_collections.ConfigDict:
     # image_folder: a folder of images + masks paired by file stem (see
     # jaxseg/data/builders/image_folder.py for the layout and split lists).
     data.folder = ml_collections.ConfigDict()
-    data.folder.name = "my_folder"  # cache name under <data_dir>/segmentation_folder/
+    # Cache name under <data_dir>/segmentation_folder/ (suffixed with a digest of the root,
+    # the options and the files' names/sizes/mtimes, so a changed folder is rebuilt).
+    data.folder.name = "my_folder"
     data.folder.root = config_dict.placeholder(str)  # the folder; required for image_folder
     data.folder.image_dir = "images"  # images sub-directory (png/jpg/tif, multi-page tif = stack)
     data.folder.mask_dir = "masks"  # masks sub-directory, same stems
@@ -82,6 +84,16 @@ def data_config() -> ml_collections.ConfigDict:
     data.folder.channels = 3  # 1 = greyscale (EM), 3 = RGB
     data.folder.train_list = config_dict.placeholder(str)  # optional list file of train stems
     data.folder.val_list = config_dict.placeholder(str)  # optional list of validation stems
+    # Index masks: raw ids stored as 255 = ignore, e.g. (11,) for CamVid's void.
+    data.folder.ignore_ids = ()
+    # Index masks: ((raw id, class id), ...) remapping, e.g. ((255, 1),) for 0/255 binary masks.
+    data.folder.id_map = ()
+    # Index masks: ADE20K style, 0 = unlabelled -> 255 and every other id v -> v - 1.
+    data.folder.reduce_zero_label = False
+    # 16-bit images: (low, high) raw values mapped linearly to 0..255 for every image alike;
+    # () = the folder's own min..max over all 16-bit images, found when the data set is built
+    # (train.py then records it here in the run's config.json, for eval.py and predict.py).
+    data.folder.intensity_range = ()
     return data
 
 

@@ -6,23 +6,34 @@ Workdir layout written here:
   <workdir>/checkpoints/<step>/state     the train-state pytree (orbax StandardSave, tensorstore)
   <workdir>/checkpoints/<step>/extra     a small JSON dict (input-pipeline position, ...)
   <workdir>/checkpoints/<step>/metrics   JSON metrics used to rank checkpoints (if given)
+  <workdir>/checkpoints/<step>/checksums JSON {array path: [dtype, sum, weighted sum]}, see below
+  <workdir>/corrupt_checkpoints/<step>.<UTC time>   checkpoints that failed to restore, moved
+                                         aside by `restore_latest_intact` (never deleted)
 
 Crash safety comes from orbax: a step is written to `<step>.orbax-checkpoint-tmp` and renamed to
 `<step>` only once complete, so a process killed mid-save leaves the previous complete step as
 the latest one; leftover tmp directories are never listed as steps and are deleted by the next
 `Checkpointer` before its first save. (On object stores without atomic rename orbax marks
 completion with a commit file instead; the same guarantee holds.)
+
+Bit rot: every save records, per state array, two 32-bit checksums of its raw bits (the plain
+sum and a position-weighted sum, mod 2**32, computed on device so the save stays asynchronous)
+and `restore` recomputes them on what it read. A truncated file, a deleted `_METADATA` or a
+flipped byte makes `restore` raise `CorruptCheckpointError` naming the step, the file or array
+and the cause. Checkpoints written before checksums existed restore unverified.
 """
 
 import datetime
 import json
 import math
+import re
 import signal
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -35,8 +46,23 @@ from jaxseg import workdir as workdir_lib
 
 CONFIG_FILENAME = "config.json"
 CHECKPOINT_DIRNAME = "checkpoints"
-_STATE, _EXTRA = "state", "extra"
+CORRUPT_DIRNAME = "corrupt_checkpoints"
+_STATE, _EXTRA, _CHECKSUMS = "state", "extra", "checksums"
 _MAX_LISTED = 10  # Differences listed per category in a tree-mismatch error.
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint that exists but cannot be restored as saved (truncated, rotten, incomplete).
+
+    Attributes:
+      step: the checkpoint's step.
+      path: the file, array or directory at fault (as precise as the cause tells).
+      cause: what went wrong, one line.
+    """
+
+    def __init__(self, step: int, path: str, cause: str):
+        self.step, self.path, self.cause = step, path, cause
+        super().__init__(f"checkpoint {step} is corrupt: {path}: {cause}")
 
 
 class Checkpointer:
@@ -119,8 +145,10 @@ class Checkpointer:
             item_handlers={
                 _STATE: ocp.StandardCheckpointHandler(),
                 _EXTRA: ocp.JsonCheckpointHandler(),
+                _CHECKSUMS: ocp.JsonCheckpointHandler(),
             },
         )
+        self._read_only = read_only
 
     def save(
         self,
@@ -161,14 +189,22 @@ class Checkpointer:
             ) from e
         if metrics is not None:
             metrics = self._checked_metrics(step, metrics)
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.StandardSave(state), _EXTRA: ocp.args.JsonSave(dict(extra))}
-            ),
-            metrics=metrics,
-            force=force,
-        )
+        # Ctrl-C inside orbax's synchronous part would leave a save that can never finish;
+        # deferred to just after it, the train loop's cleanup then waits for the write.
+        with _sigint_deferred():
+            checksums = array_checksums(state)
+            return self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        _STATE: ocp.args.StandardSave(state),
+                        _EXTRA: ocp.args.JsonSave(dict(extra)),
+                        _CHECKSUMS: ocp.args.JsonSave(checksums),
+                    }
+                ),
+                metrics=metrics,
+                force=force,
+            )
 
     def _checked_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         if self.best_metric not in metrics:
@@ -206,18 +242,68 @@ class Checkpointer:
         """
         self._manager.wait_until_finished()  # A save of the requested step may be in flight.
         step = self._resolve_step(step)
+        step_dir = self.directory / str(step)
         self._check_target(abstract_state, step)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardRestore(abstract_state),
-                    _EXTRA: ocp.args.JsonRestore(),
-                }
-            ),
-        )
+        has_checksums = (step_dir / _CHECKSUMS).exists()
+        items = {_STATE: ocp.args.StandardRestore(abstract_state), _EXTRA: ocp.args.JsonRestore()}
+        if has_checksums:
+            items[_CHECKSUMS] = ocp.args.JsonRestore()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax / tensorstore raise many types for damaged files.
+            raise CorruptCheckpointError(step, _culprit(e, step_dir), _one_line(e)) from e
+        if has_checksums:
+            _verify_checksums(restored[_STATE], restored[_CHECKSUMS], step, step_dir / _STATE)
+        else:
+            logging.info("Checkpoint %d has no checksums (older jaxseg): not verified.", step)
         logging.info("Restored checkpoint %d from %s.", step, self.directory)
         return restored[_STATE], restored[_EXTRA]
+
+    def restore_latest_intact(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        """Restores the newest checkpoint that is intact; None if there are no checkpoints.
+
+        Each newer checkpoint that raises `CorruptCheckpointError` is reported (step, file,
+        cause) and moved aside to `<workdir>/corrupt_checkpoints/` (never deleted), then the
+        previous one is tried. Raises `CorruptCheckpointError` if every checkpoint is corrupt
+        (all of them then lie in corrupt_checkpoints/, so a rerun starts from scratch).
+        """
+        last_error = None
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(abstract_state, step)
+            except CorruptCheckpointError as e:
+                last_error = e
+                moved = self._move_aside(step)
+                logging.error(
+                    "Checkpoint %d is corrupt and was moved to %s: %s: %s. Falling back to the "
+                    "previous checkpoint.",
+                    step,
+                    moved,
+                    e.path,
+                    e.cause,
+                )
+        if last_error is not None:
+            raise CorruptCheckpointError(
+                last_error.step,
+                last_error.path,
+                f"{last_error.cause} (every checkpoint failed to restore; all were moved to "
+                f"{self.directory.parent / CORRUPT_DIRNAME}; rerun to start from scratch)",
+            )
+        return None
+
+    def _move_aside(self, step: int) -> epath.Path:
+        """Renames checkpoint `step` into <workdir>/corrupt_checkpoints/ (process 0)."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        target = self.directory.parent / CORRUPT_DIRNAME / f"{step}.{stamp}"
+        if self._read_only:
+            return self.directory / str(step)  # eval.py never moves anything.
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"jaxseg: checkpoint {step} moved aside")
+        self._manager.reload()  # Forget the moved step.
+        return target
 
     def _resolve_step(self, step: int | str | None) -> int:
         available = self.all_steps()
@@ -249,8 +335,17 @@ class Checkpointer:
                 "Every restore target leaf needs a sharding (jax.ShapeDtypeStruct(..., "
                 f"sharding=...)); missing for: {_listing(unsharded)}."
             )
-        saved_metadata = self._manager.item_metadata(step)[_STATE]
+        step_dir = self.directory / str(step)
+        try:
+            saved_metadata = self._manager.item_metadata(step)[_STATE]
+        except Exception as e:
+            raise CorruptCheckpointError(step, _culprit(e, step_dir), _one_line(e)) from e
         saved = _flatten_named(getattr(saved_metadata, "tree", saved_metadata))
+        if not saved:
+            # A deleted or emptied state/_METADATA reads as an empty tree, not as an error.
+            raise CorruptCheckpointError(
+                step, str(step_dir / _STATE / "_METADATA"), "missing or empty array metadata"
+            )
         missing = [f"{p} {tuple(target[p].shape)}" for p in target if p not in saved]
         unexpected = [f"{p} {tuple(saved[p].shape)}" for p in saved if p not in target]
         reshaped = [
@@ -296,6 +391,96 @@ class Checkpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _sigint_deferred:
+    """Holds back SIGINT (KeyboardInterrupt) for the duration, raising it on exit.
+
+    Only where Python's own handler is installed and in the main thread; elsewhere a no-op.
+    """
+
+    def __enter__(self):
+        self._received = False
+        self._active = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if self._active:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame):
+        del signum, frame
+        self._received = True
+
+    def __exit__(self, exc_type, *rest):
+        if self._active:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self._received and exc_type is None:
+                raise KeyboardInterrupt
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    """[sum, position-weighted sum] of the raw bits of `x` as uint32, wrapping mod 2**32.
+
+    Integer sums are exact and associative, so the result does not depend on the sharding or
+    the reduction order; the weighted sum also catches swapped or shifted values.
+    """
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    else:
+        width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+        bits = jax.lax.bitcast_convert_type(x, width)
+        if bits.ndim > x.ndim:  # 8-byte values split into two uint32 words.
+            bits = bits.reshape(*x.shape, -1)
+        bits = bits.astype(jnp.uint32)
+    flat = bits.reshape(-1)
+    weights = jnp.arange(flat.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(flat, dtype=jnp.uint32), jnp.sum(flat * weights, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _tree_checksums(tree: Any) -> Any:
+    return jax.tree.map(lambda x: _leaf_checksum(jnp.asarray(x)), tree)
+
+
+def array_checksums(state: Any) -> dict[str, list]:
+    """{array path: [dtype name, sum, weighted sum]} for every leaf of `state`."""
+    sums = jax.device_get(_tree_checksums(state))
+    named = _flatten_named(state)
+    return {
+        path: [str(jnp.asarray(leaf).dtype), int(c[0]), int(c[1])]
+        for (path, leaf), c in zip(named.items(), _flatten_named(sums).values(), strict=True)
+    }
+
+
+def _verify_checksums(state: Any, recorded: dict, step: int, where: epath.Path) -> None:
+    """Raises CorruptCheckpointError naming the first array whose checksums differ."""
+    actual = array_checksums(state)
+    for path, (dtype, *sums) in recorded.items():
+        if path not in actual or actual[path][0] != dtype:
+            continue  # Cast on restore (another dtype) or not in the target: nothing to compare.
+        if actual[path][1:] != sums:
+            raise CorruptCheckpointError(
+                step,
+                f"{where} array {path}",
+                f"checksum mismatch (saved {sums}, read {actual[path][1:]}): the file was "
+                "changed or damaged after the save",
+            )
+
+
+def _culprit(error: BaseException, step_dir: epath.Path) -> str:
+    """The checkpoint file an orbax/tensorstore error names, else the step directory."""
+    text = str(error)
+    for match in re.findall(r"[\w./-]*" + re.escape(str(step_dir)) + r"[\w./-]*", text):
+        return match.rstrip(".:")
+    return str(step_dir)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message cut to its first line and 300 characters."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def _key_name(key: Any) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 
@@ -14,18 +16,29 @@ class MetricWriter:
     """Appends one JSON line per `write` to `<workdir>/metrics.jsonl` and mirrors it to TensorBoard.
 
     Lines look like {"step": 100, "split": "train", "time": 1.7e9, "loss": 0.41, ...}. Appending
-    (never rewriting) keeps a resumed run's history; the step field says where each line belongs.
-    Non-primary processes write nothing.
+    keeps a resumed run's history. A run resumed from a checkpoint at step s repeats the steps
+    after s that a killed run had already logged, so `resume_step=s` first drops the records
+    with step > s (rewriting the file atomically): every (step, split) then appears once.
+
+    TensorBoard event files are append-only; for them a SessionLog START event at step s + 1 is
+    written into each split's folder, which TensorBoard's default `purge_orphaned_data` reads as
+    "discard the events of this split at steps >= s + 1 written before me", so its curves show
+    each step once too (TensorBoard's server and `plugin_event_accumulator`; other readers of
+    raw event files see both values of a repeated step). Non-primary processes write nothing.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, resume_step: int | None = None):
         self._primary = jax.process_index() == 0
         self._jsonl = None
         self._tb = {}
         self._workdir = workdir
         if self._primary:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None:
+                _drop_records_after(path, resume_step)
+                _mark_tensorboard_restart(os.path.join(workdir, "tensorboard"), resume_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115
 
     def _tb_writer(self, split: str):
         if split not in self._tb:
@@ -68,3 +81,60 @@ class MetricWriter:
             w.flush()
             w.close()
         self._tb = {}
+
+
+def _drop_records_after(path: str, step: int) -> int:
+    """Rewrites metrics.jsonl without records whose step is > `step`; returns how many went.
+
+    A torn last line (a kill mid-write) is dropped too.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if int(record.get("step", 0)) <= step:
+            kept.append(json.dumps(record) + "\n")
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        logging.info("metrics.jsonl: dropped %d record(s) after the resumed step %d", dropped, step)
+    return dropped
+
+
+def _mark_tensorboard_restart(tb_dir: str, step: int) -> None:
+    """Writes a SessionLog START at `step` + 1 into each existing split folder (see above)."""
+    if not os.path.isdir(tb_dir):
+        return
+    import tensorflow as tf
+    from tensorboard.compat.proto import event_pb2
+
+    splits = [d for d in sorted(os.listdir(tb_dir)) if os.path.isdir(os.path.join(tb_dir, d))]
+    if not splits:
+        return
+    now = time.time()
+    for split in splits:
+        # Event files are TFRecords of Event protos, read in file-name (= creation time) order.
+        name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.restart-{step}"
+        with tf.io.TFRecordWriter(os.path.join(tb_dir, split, name)) as f:
+            start = event_pb2.Event(
+                wall_time=now,
+                step=step + 1,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            )
+            version = event_pb2.Event(wall_time=now, step=step + 1, file_version="brain.Event:2")
+            # TensorBoard takes a run's first START as the initial one (tf.summary writes
+            # none) and purges on each later one: two make the first marker count as well.
+            for event in (version, start, start):
+                f.write(event.SerializeToString())
+    # The new writers' files must sort after the marker: their names start with the same whole
+    # second, so wait for the next one.
+    time.sleep(max(0.0, int(now) + 1 - time.time()))

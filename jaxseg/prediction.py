@@ -1,18 +1,25 @@
 """Segments image files with a trained run: palette PNG masks (and overlays) at each image's size.
 
-Used by predict.py. Images are read with PIL, scaled to [0, 1] and normalised exactly like the
-input pipeline (`(x - config.data.mean) / config.data.std`). Each image is padded up to a
-multiple of `BUCKET` px per side before the jitted forward pass, so a folder of photos of many
-sizes compiles once per bucket shape rather than once per image; the labels are cropped back.
-The padding is the pipeline's own (`transforms.pad_image`: 0 after normalisation, bottom/right),
-so predict.py sees exactly the borders that training and evaluation saw.
+Used by predict.py. Images are decoded by `jaxseg.data.images.decode`, the decoder that built the
+training data (16-bit images by the run's recorded `config.data.folder.intensity_range`), scaled
+to [0, 1] and normalised exactly like the input pipeline (`(x - config.data.mean) /
+config.data.std`), so a file gives the model the same pixels here as in training and eval.
+Files that cannot be read are skipped and listed at the end, unless `strict`.
+
+Each image is padded up to a multiple of `BUCKET` px per side before the jitted forward pass, so a
+folder of photos of many sizes compiles once per bucket shape rather than once per image; the
+labels are cropped back. The padding is the pipeline's own (`transforms.pad_image`: 0 after
+normalisation, bottom/right), so predict.py sees exactly the borders that training and
+evaluation saw.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -20,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from jaxseg import inference, visualize
+from jaxseg.data import images as image_decoding
 from jaxseg.data import transforms
 
 BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets up to depth 5.
@@ -46,6 +54,7 @@ class Predictor:
       palette: RGB per class id.
       bucket: padded sides are multiples of this (px).
       step: the training step of the restored checkpoint.
+      intensity_range: (low, high) of 16-bit inputs, the run's recorded range; () = 0..65535.
     """
 
     predict: Callable
@@ -56,6 +65,7 @@ class Predictor:
     palette: tuple[tuple[int, int, int], ...]
     bucket: int
     step: int
+    intensity_range: tuple = ()
 
 
 def load_predictor(workdir: str, checkpoint: str | int = "best") -> Predictor:
@@ -92,29 +102,29 @@ def load_predictor(workdir: str, checkpoint: str | int = "best") -> Predictor:
         palette=tuple(tuple(int(v) for v in c) for c in spec.palette),
         bucket=bucket,
         step=int(jax.device_get(state.step)),
+        intensity_range=_intensity_range(config),
     )
 
 
-def read_image(path: str, channels: int) -> np.ndarray:
+def _intensity_range(config) -> tuple:
+    """The run's recorded 16-bit range; config.json files from before it existed lack the key."""
+    folder = config.data.folder
+    return tuple(float(v) for v in folder.intensity_range) if "intensity_range" in folder else ()
+
+
+def read_image(path: str, channels: int, intensity_range=()) -> np.ndarray:
     """Reads an image file as float32 [H, W, channels] in [0, 1] (first frame of a multi-page
-    file; 16-bit greyscale scaled by 1/65535, as tf.image.convert_image_dtype does in training).
+    file), by `jaxseg.data.images.decode`'s rule: 16-bit images are mapped from
+    `intensity_range` (the run's recorded range; () = 0..65535) exactly as when building.
 
     Raises:
       ValueError naming `path` if PIL cannot read it.
     """
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode.startswith("I;16"):
-                data = np.asarray(img, np.float32) / 65535.0
-                if channels == 3:
-                    data = np.repeat(data[..., None], 3, axis=-1)
-            else:
-                data = np.asarray(img.convert("L" if channels == 1 else "RGB"), np.float32) / 255
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        # PIL raises SyntaxError for some corrupt headers (e.g. broken PNG chunks).
-        raise ValueError(f"cannot read image {path}: {e}") from e
-    return data.reshape(data.shape[0], data.shape[1], channels)
+        pixels = image_decoding.decode(path, channels=channels, intensity_range=intensity_range)
+    except ValueError as e:
+        raise ValueError(f"cannot read image {path}: {e.__cause__ or e}") from e
+    return pixels.astype(np.float32) / 255.0
 
 
 def bucket_shape(height: int, width: int, multiple: int = BUCKET) -> tuple[int, int]:
@@ -166,17 +176,29 @@ def predict_files(
     *,
     save_overlay: bool = False,
     alpha: float = 0.5,
+    strict: bool = False,
 ) -> list[str]:
     """Segments each file into `<output_dir>/<stem>.png` (palette mask at the image's size) and,
-    with `save_overlay`, `<stem>_overlay.png`. Returns the mask paths in input order."""
+    with `save_overlay`, `<stem>_overlay.png`. Returns the mask paths in input order.
+
+    A file that cannot be read is skipped (logged, and all skipped files are listed on stderr
+    at the end) so one bad file does not stop a batch; with `strict` its ValueError is raised.
+    """
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
         raise ValueError(f"inputs share file stems {clashes}: their masks would overwrite")
     os.makedirs(output_dir, exist_ok=True)
-    written = []
+    written, skipped = [], []
     for path, stem in zip(tqdm.tqdm(paths, desc="predict", unit="img"), stems, strict=True):
-        image = read_image(path, predictor.channels)
+        try:
+            image = read_image(path, predictor.channels, predictor.intensity_range)
+        except ValueError as e:
+            if strict:
+                raise
+            logging.warning("Skipping %s", e)
+            skipped.append((path, str(e)))
+            continue
         labels = predict_image(predictor, image)
         mask_path = os.path.join(output_dir, f"{stem}.png")
         save_mask(labels, predictor.palette, mask_path)
@@ -185,18 +207,34 @@ def predict_files(
             blended = visualize.overlay(pixels, labels, predictor.palette, alpha)
             Image.fromarray(blended).save(os.path.join(output_dir, f"{stem}_overlay.png"))
         written.append(mask_path)
+    if skipped:
+        print(
+            f"skipped {len(skipped)} unreadable file(s) (--strict stops at the first):",
+            file=sys.stderr,
+        )
+        for _, reason in skipped:
+            print(f"  {reason}", file=sys.stderr)
     return written
 
 
 def predict(
-    workdir: str, inputs: str, output_dir: str, checkpoint: str = "best", overlay: bool = False
+    workdir: str,
+    inputs: str,
+    output_dir: str,
+    checkpoint: str = "best",
+    overlay: bool = False,
+    strict: bool = False,
 ) -> list[str]:
     """predict.py's one call: restore `checkpoint` of `workdir`, segment `inputs` (a folder or a
-    comma-separated list of files) into `output_dir`. Returns the mask paths."""
+    comma-separated list of files) into `output_dir`. Returns the mask paths (unreadable files
+    are skipped and listed, unless `strict`)."""
     paths = list_inputs(inputs)
-    # Read errors should surface before a restore and compile, not after.
-    for p in paths:
-        if not os.access(p, os.R_OK):
-            raise ValueError(f"cannot read image {p}: permission denied")
+    # Errors that need no model should surface before a restore and compile, not after.
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output {output_dir} is a file; give a folder for the masks")
+    if strict:
+        for p in paths:
+            if not os.access(p, os.R_OK):
+                raise ValueError(f"cannot read image {p}: permission denied")
     predictor = load_predictor(workdir, checkpoint)
-    return predict_files(predictor, paths, output_dir, save_overlay=overlay)
+    return predict_files(predictor, paths, output_dir, save_overlay=overlay, strict=strict)

@@ -8,6 +8,7 @@ run continues with exactly the batches and parameters an uninterrupted one would
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -25,6 +26,7 @@ import optax
 import tqdm
 
 from jaxseg import checkpointing, evaluation, losses, metric_writers, metrics, optim, sharding
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
@@ -217,7 +219,13 @@ def restore_checkpoint(config, workdir: str, checkpoint="latest", mesh=None):
         which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
         if which == "best" and ckpt.best_step() is None:
             which = "latest"
-        state, _ = ckpt.restore(abstract, which)
+        try:
+            state, _ = ckpt.restore(abstract, which)
+        except checkpointing.CorruptCheckpointError as e:
+            others = [s for s in ckpt.all_steps() if s != e.step]
+            raise checkpointing.CorruptCheckpointError(
+                e.step, e.path, f"{e.cause} (other checkpoints: {others}; pick one by step)"
+            ) from e
     return model, state
 
 
@@ -273,6 +281,62 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
+# train.py's exit status. 75 is EX_TEMPFAIL of sysexits.h ("try again later"): a scheduler that
+# requeues on it resumes the run from its checkpoint; any other non-zero status is a failure.
+EXIT_FINISHED = 0
+EXIT_STOPPED_EARLY = 75
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """train.py's one call: trains, then returns the exit status.
+
+    EXIT_FINISHED (0) once the run's latest checkpoint is at `config.total_steps`;
+    EXIT_STOPPED_EARLY (75) when it stopped before (SIGTERM / preemption, max_steps_per_run)
+    with a checkpoint to resume from. Failures raise (Python's exit status 1).
+    """
+    train_and_evaluate(config, workdir)
+    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
+        latest = ckpt.latest_step()
+    return EXIT_FINISHED if latest == config.total_steps else EXIT_STOPPED_EARLY
+
+
+def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """Start-up checks of what would otherwise fail late or obscurely; errors name the key."""
+    for key in ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        if config[key] < 1:
+            raise ValueError(f"config.{key} = {config[key]}: must be >= 1 (steps)")
+    if config.checkpoint_keep < 1:
+        raise ValueError(f"config.checkpoint_keep = {config.checkpoint_keep}: must be >= 1")
+    if config.max_steps_per_run < 0:
+        raise ValueError(
+            f"config.max_steps_per_run = {config.max_steps_per_run}: must be >= 0 (0 = no limit)"
+        )
+    devices = mesh.size
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] < 1 or config[key] % devices:
+            raise ValueError(
+                f"config.{key} = {config[key]} is not a positive multiple of the {devices} "
+                f"devices the batch is split over ({jax.process_count()} process(es)); use "
+                f"e.g. {max(1, round(config[key] / devices)) * devices}"
+            )
+    if config.batch_size % config.grad_accum_steps:
+        raise ValueError(
+            f"config.batch_size = {config.batch_size} is not divisible by "
+            f"config.grad_accum_steps = {config.grad_accum_steps}"
+        )
+
+
+def _recorded_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with what building the data recorded (image_folder's 16-bit range) filled in,
+    so that config.json, and eval.py / predict.py reading it, use the range training used."""
+    recorded = datasets.recorded_intensity_range(config.data)
+    if recorded == tuple(config.data.folder.intensity_range):
+        return config
+    config = config.copy_and_resolve_references()
+    config.data.folder.intensity_range = recorded
+    return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final eval.
 
@@ -286,84 +350,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"config.model.num_classes = {config.model.num_classes} but data set "
             f"{spec.name!r} has {spec.num_classes} classes"
         )
+    validate_config(config, mesh)
     model = build_model(config.model)
     total_steps = config.total_steps
     tx = optim.make_optimizer(config.optim, total_steps)
     abstract, state_sharding, jit_init = create_state(config, model, tx, mesh)
 
-    ckpt = checkpointing.Checkpointer(
-        workdir, max_to_keep=config.checkpoint_keep, save_every_steps=config.checkpoint_every_steps
-    )
-    if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(abstract, "latest")
-        logging.info("Resumed from step %d in %s", extra["step"], workdir)
-    else:
-        state = _initial_weights(config, jit_init(jax.random.key(config.seed)), abstract)
-    checkpointing.write_config(workdir, config)
-    start_step = int(jax.device_get(state.step))
-
-    p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
-    batch_sharding = sharding.batch_sharding(mesh)
-    train_iter = pipeline.make_train_iterator(
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        # A valid U-Net scores only its tile's centre: mirror-pad images by its context.
-        context=input_context(model, tuple(config.data.crop_size)),
-    )
-    evaluator = evaluation.Evaluator(config, model, mesh, spec)
-    writer = metric_writers.MetricWriter(workdir)
+    # One writer per workdir; process 0 speaks for the job (the others share its workdir).
     primary = jax.process_index() == 0
-    bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not primary, dynamic_ncols=True)
-    eval_metrics, last_log, t_log, compile_logged = {}, start_step, time.time(), False
+    lock = workdir_lib.TrainLock(workdir) if primary else contextlib.nullcontext()
+    with lock, contextlib.ExitStack() as cleanup:
+        ckpt = checkpointing.Checkpointer(
+            workdir,
+            max_to_keep=config.checkpoint_keep,
+            save_every_steps=config.checkpoint_every_steps,
+        )
+        # On every exit path (exception, NaN, Ctrl-C) wait for the in-flight save: a finished
+        # save of a finite state is good data, an abandoned one is lost.
+        cleanup.callback(_close_quietly, ckpt)
+        restored = ckpt.restore_latest_intact(abstract)
+        if restored is not None:
+            state, extra = restored
+            logging.info("Resumed from step %d in %s", extra["step"], workdir)
+        else:
+            state = _initial_weights(config, jit_init(jax.random.key(config.seed)), abstract)
+        start_step = int(jax.device_get(state.step))
 
-    with checkpointing.PreemptionWatcher() as watcher:
-        for step in range(start_step, total_steps):
-            batch = pipeline.to_global(next(train_iter), batch_sharding)
-            if not compile_logged:
-                t0 = time.time()
-            state, train_metrics = p_train_step(state, batch)
-            if not compile_logged:
-                jax.block_until_ready(train_metrics)
-                logging.info("First train step (compile + run): %.1f s", time.time() - t0)
-                compile_logged, t_log, last_log = True, time.time(), step + 1
-            done = step + 1
-            if done % config.log_every_steps == 0 or done == total_steps:
-                scalars = _check_finite(jax.device_get(train_metrics), done)
-                if done > last_log:  # Not on the first (compiling) step alone.
-                    elapsed = time.time() - t_log
-                    scalars["images_per_sec"] = (done - last_log) * config.batch_size / elapsed
-                scalars["learning_rate"] = optim.learning_rate_at(config.optim, total_steps, step)
-                writer.write(done, scalars, "train")
-                bar.set_postfix(
-                    loss=f"{scalars['loss']:.4f}", img_s=f"{scalars.get('images_per_sec', 0.0):.1f}"
-                )
-                last_log, t_log = done, time.time()
-                # Steps are dispatched asynchronously; only a log step knows they have finished.
-                bar.update(done - bar.n)
-            metrics_for_ckpt = None
-            if done % config.eval_every_steps == 0 or done == total_steps:
-                eval_metrics = evaluator.evaluate(state)
-                writer.write(done, _scalar_metrics(eval_metrics), "eval")
-                writer.write_image(done, "predictions", evaluator.prediction_grid(state))
-                logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
-                metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
-            stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
-            periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
-            if stop or periodic or metrics_for_ckpt is not None:
-                _check_finite(jax.device_get(train_metrics), done)
-                ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
-                # Evaluation and checkpoint time is not training throughput.
-                last_log, t_log = done, time.time()
-            if stop and done < total_steps:
-                logging.warning(
-                    "Stopping early (preemption or max_steps_per_run) at step %d.", done
-                )
-                break
-    bar.close()
-    ckpt.close()
-    writer.close()
+        p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
+        batch_sharding = sharding.batch_sharding(mesh)
+        train_iter = pipeline.make_train_iterator(
+            config.data,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            # A valid U-Net scores only its tile's centre: mirror-pad images by its context.
+            context=input_context(model, tuple(config.data.crop_size)),
+        )
+        config = _recorded_data_config(config)
+        checkpointing.write_config(workdir, config)
+        evaluator = evaluation.Evaluator(config, model, mesh, spec)
+        # Records past start_step came from steps this resumed run repeats: dropped.
+        writer = metric_writers.MetricWriter(workdir, resume_step=start_step)
+        cleanup.callback(writer.close)
+        bar = tqdm.tqdm(
+            total=total_steps, initial=start_step, disable=not primary, dynamic_ncols=True
+        )
+        cleanup.callback(bar.close)
+        eval_metrics, state = _train_loop(
+            config, state, start_step, p_train_step, train_iter, batch_sharding, evaluator,
+            writer, ckpt, bar,
+        )  # fmt: skip
     if eval_metrics and int(jax.device_get(state.step)) == total_steps:
         path = evaluation.write_report(
             workdir,
@@ -385,13 +421,87 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return eval_metrics
 
 
-def _check_finite(metrics: dict, step: int) -> dict:
+def _train_loop(
+    config, state, start_step, p_train_step, train_iter, batch_sharding, evaluator, writer, ckpt,
+    bar,
+):  # fmt: skip
+    """for step in range(start_step, total_steps): step, log, evaluate, checkpoint, stop early.
+
+    Returns (the last evaluation's metrics, the final state).
+    """
+    total_steps = config.total_steps
+    eval_metrics, last_log, t_log, compile_logged = {}, start_step, time.time(), False
+    clip = config.optim.grad_clip_norm
+    with checkpointing.PreemptionWatcher() as watcher:
+        for step in range(start_step, total_steps):
+            batch = pipeline.to_global(next(train_iter), batch_sharding)
+            if not compile_logged:
+                t0 = time.time()
+            state, train_metrics = p_train_step(state, batch)
+            if not compile_logged:
+                jax.block_until_ready(train_metrics)
+                logging.info("First train step (compile + run): %.1f s", time.time() - t0)
+                compile_logged, t_log, last_log = True, time.time(), step + 1
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == total_steps:
+                scalars = _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
+                if done > last_log:  # Not on the first (compiling) step alone.
+                    elapsed = time.time() - t_log
+                    scalars["images_per_sec"] = (done - last_log) * config.batch_size / elapsed
+                scalars["learning_rate"] = optim.learning_rate_at(config.optim, total_steps, step)
+                writer.write(done, scalars, "train")
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.4f}", img_s=f"{scalars.get('images_per_sec', 0.0):.1f}"
+                )
+                last_log, t_log = done, time.time()
+                # Steps are dispatched asynchronously; only a log step knows they have finished.
+                bar.update(done - bar.n)
+            metrics_for_ckpt = None
+            if done % config.eval_every_steps == 0 or done == total_steps:
+                eval_metrics = evaluator.evaluate(state)
+                writer.write(done, _scalar_metrics(eval_metrics), "eval")
+                writer.write_image(done, "predictions", evaluator.prediction_grid(state))
+                logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
+                metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
+            stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
+            periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
+            if stop or periodic or metrics_for_ckpt is not None:
+                _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
+                ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
+                # Evaluation and checkpoint time is not training throughput.
+                last_log, t_log = done, time.time()
+            if stop and done < total_steps:
+                logging.warning(
+                    "Stopping early (preemption or max_steps_per_run) at step %d; exit status "
+                    "%d; rerun the same command to resume.",
+                    done,
+                    EXIT_STOPPED_EARLY,
+                )
+                break
+    return eval_metrics, state
+
+
+def _close_quietly(ckpt: checkpointing.Checkpointer) -> None:
+    """Closes `ckpt` (waiting for its save) without masking an exception already in flight."""
+    try:
+        ckpt.close()
+    except Exception:
+        logging.exception("While waiting for the last checkpoint save in %s:", ckpt.directory)
+
+
+def _check_finite(metrics: dict, step: int, *, grad_clip_norm: float = 0.0) -> dict:
     scalars = {k: float(v) for k, v in metrics.items()}
     if not math.isfinite(scalars["loss"]):
+        if grad_clip_norm > 0:
+            hint = (
+                f"Gradients are already clipped (optim.grad_clip_norm = {grad_clip_norm}): lower "
+                "optim.learning_rate, lengthen optim.warmup_steps, or look for bad inputs."
+            )
+        else:
+            hint = "Lower optim.learning_rate or enable optim.grad_clip_norm (e.g. 1.0)."
         raise NonFiniteLossError(
             f"loss is {scalars['loss']} at step {step}; stopping without saving, so the last "
-            "checkpoint (from before the divergence) stays intact. Lower the learning rate or "
-            "enable optim.grad_clip_norm."
+            f"checkpoint (from before the divergence) stays intact. {hint}"
         )
     return scalars
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -330,3 +331,84 @@ def test_preemption_watcher_multiprocess_agreement(monkeypatch):
     with checkpointing.PreemptionWatcher() as watcher:
         assert signal.getsignal(signal.SIGTERM) is before
         assert [watcher.should_stop(s) for s in (6, 7)] == [False, True]
+
+
+def _largest_data_file(step_dir) -> str:
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    return str(max(files, key=lambda p: p.stat().st_size))
+
+
+def _truncate(step_dir):
+    path = _largest_data_file(step_dir)
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def _flip_bytes(step_dir):
+    # Bit rot: 8 bytes inverted in the middle of a data file, its size and name unchanged.
+    path = _largest_data_file(step_dir)
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    open(path, "wb").write(bytes(data))
+
+
+def _delete_metadata(step_dir):
+    os.remove(step_dir / "state" / "_METADATA")
+
+
+@pytest.mark.parametrize(
+    "damage, culprit",
+    [
+        (_truncate, r"checkpoints/2/state"),
+        (_flip_bytes, r"checkpoints/2/state array \S+: checksum mismatch"),
+        (_delete_metadata, r"checkpoints/2/state/_METADATA: missing or empty"),
+    ],
+)
+def test_corrupt_latest_checkpoint_is_named_moved_aside_and_the_previous_one_used(
+    tmp_path, mesh, caplog, damage, culprit
+):
+    old, new = make_state(1, width=64), make_state(2, width=64)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, old, {"step": 1}, force=True)
+        ckpt.save(2, new, {"step": 2}, force=True)
+    damage(tmp_path / "checkpoints" / "2")
+    target = restore_target(old, mesh)
+    # What eval.py meets: the error names the step, the file or array, and the cause.
+    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+        with pytest.raises(checkpointing.CorruptCheckpointError, match="checkpoint 2 is corrupt: "):
+            ckpt.restore(target, "latest")
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        state, extra = ckpt.restore_latest_intact(target)
+        assert ckpt.all_steps() == [1]
+    assert extra == {"step": 1}
+    assert_trees_equal(state, old)
+    moved = list((tmp_path / checkpointing.CORRUPT_DIRNAME).iterdir())
+    assert [p.name.split(".")[0] for p in moved] == ["2"]
+    assert (moved[0] / "extra").is_dir()  # Moved whole, never deleted.
+    report = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert re.search(r"Checkpoint 2 is corrupt and was moved to \S+corrupt_checkpoints/2\.", report)
+    assert re.search(culprit, report), report
+
+
+def test_checkpoint_without_checksums_still_restores(tmp_path, mesh):
+    """Checkpoints written before checksums existed (no `checksums` item) restore unverified."""
+    state = make_state(3)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(5, state, {"step": 5}, force=True)
+    shutil.rmtree(tmp_path / "checkpoints" / "5" / "checksums")
+    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+        restored, extra = ckpt.restore(restore_target(state, mesh))
+    assert extra == {"step": 5}
+    assert_trees_equal(restored, state)
+
+
+def test_every_checkpoint_corrupt_is_an_error_naming_it(tmp_path, mesh):
+    state = make_state(4)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {"step": 1}, force=True)
+    _delete_metadata(tmp_path / "checkpoints" / "1")
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(checkpointing.CorruptCheckpointError, match="every checkpoint failed"):
+            ckpt.restore_latest_intact(restore_target(state, mesh))
+        assert ckpt.all_steps() == []

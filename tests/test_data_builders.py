@@ -309,3 +309,108 @@ def test_folder_config_errors_name_the_key():
     cfg.folder.mask_format = "palette"
     with pytest.raises(ValueError, match="config.data.folder.palette"):
         image_folder.make_config(cfg.folder)
+
+
+def _built(cfg):
+    builder = datasets.dataset_spec(cfg).make_builder(cfg)
+    builder.download_and_prepare(download_config=PREPARE)
+    return builder
+
+
+def _images(builder, split="train"):
+    source = builder.as_data_source(split)
+    return {source[i]["file_name"].decode(): source[i]["image"] for i in range(len(source))}
+
+
+def test_camvid_style_void_id_is_ignored_and_ids_are_remapped(tmp_path):
+    # CamVid-style index masks: classes 0..10, 11 = void.
+    camvid = np.array([[0, 3, 11], [10, 11, 5]], np.uint8).repeat(4, 0).repeat(4, 1)
+    _write_folder(tmp_path / "camvid", {"a": camvid})
+    names = tuple(f"c{i}" for i in range(11))
+    with pytest.raises(ValueError, match=r"masks/a\.png: label id\(s\) \[11\].*ignore_ids"):
+        _prepare(_folder_cfg(tmp_path / "camvid", class_names=names))
+    builder = _built(_folder_cfg(tmp_path / "camvid", class_names=names, ignore_ids=(11,)))
+    np.testing.assert_array_equal(
+        _labels(builder, "train")["a.png#0"], np.where(camvid == 11, 255, camvid)
+    )
+    # ADE-style: 0 = unlabelled, 1..3 -> 0..2.
+    ade = np.array([[0, 1], [2, 3]], np.uint8).repeat(5, 0).repeat(6, 1)
+    _write_folder(tmp_path / "ade", {"a": ade})
+    builder = _built(_folder_cfg(tmp_path / "ade", reduce_zero_label=True))
+    np.testing.assert_array_equal(
+        _labels(builder, "train")["a.png#0"], np.where(ade == 0, 255, ade.astype(int) - 1)
+    )
+    # An explicit map wins over reduce_zero_label for the ids it lists.
+    builder = _built(_folder_cfg(tmp_path / "ade", id_map=((3, 0), (0, 2)), reduce_zero_label=True))
+    expected = {0: 2, 1: 0, 2: 1, 3: 0}
+    np.testing.assert_array_equal(
+        _labels(builder, "train")["a.png#0"], np.vectorize(expected.get)(ade)
+    )
+    with pytest.raises(ValueError, match=r"config.data.folder.id_map: target\(s\) \[\(1, 7\)\]"):
+        _prepare(_folder_cfg(tmp_path / "ade", id_map=((1, 7),)))
+    with pytest.raises(ValueError, match=r"\[3\] are in both ignore_ids and id_map"):
+        _prepare(_folder_cfg(tmp_path / "ade", id_map=((3, 1),), ignore_ids=(3,)))
+
+
+def test_binary_0_255_masks_in_index_mode_stop_naming_the_file_and_the_fix(tmp_path):
+    masks = {s: (_mask(1) > 0).astype(np.uint8) * 255 for s in ("a", "b")}
+    masks["b"][0, 0] = 0
+    _write_folder(tmp_path, masks)
+    two = ("background", "foreground")
+    message = r"masks/a\.png: the masks hold only 0 and 255.*id_map=\(\(255, 1\),\)"
+    with pytest.raises(ValueError, match=message):
+        _prepare(_folder_cfg(tmp_path, class_names=two))
+    builder = _built(_folder_cfg(tmp_path, class_names=two, id_map=((255, 1),)))
+    labels = _labels(builder, "train")
+    for stem, mask in masks.items():
+        np.testing.assert_array_equal(labels[f"{stem}.png#0"], mask // 255)
+    # Saying that 255 really is ignore is accepted as such.
+    builder = _built(_folder_cfg(tmp_path, class_names=two, id_map=((255, 255),)))
+    np.testing.assert_array_equal(_labels(builder, "train")["a.png#0"], masks["a"])
+
+
+def test_16bit_images_use_one_folder_wide_range_recorded_in_the_build(tmp_path):
+    rng = np.random.default_rng(3)
+    raw = {"a": rng.integers(100, 1000, (10, 12)), "b": rng.integers(100, 4000, (10, 12))}
+    _write_folder(tmp_path, {"a": _mask(1), "b": _mask(2)})
+    for stem, values in raw.items():
+        Image.fromarray(values.astype(np.uint16)).save(tmp_path / "data" / "images" / f"{stem}.png")
+    builder = _built(_folder_cfg(tmp_path))
+    low = min(v.min() for v in raw.values())
+    high = max(v.max() for v in raw.values())
+    assert image_folder.recorded_intensity_range(builder) == (low, high)
+    stored = _images(builder)
+    for stem, values in raw.items():
+        expected = np.round((values - low) / (high - low) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(stored[f"{stem}.png#0"][..., 0], expected)
+    # An explicit range other than the recorded one is refused with the way to rebuild.
+    with pytest.raises(ValueError, match=r"used \(.*\)\. Set the recorded range.*delete"):
+        _prepare(_folder_cfg(tmp_path, intensity_range=(0, 65535)))
+    _prepare(_folder_cfg(tmp_path, intensity_range=(float(low), float(high))))
+
+
+def test_same_folder_name_with_a_new_root_or_changed_files_rebuilds(tmp_path):
+    _write_folder(tmp_path / "one", {"a": _mask(1)})
+    _write_folder(tmp_path / "two", {"a": _mask(2)})
+    cfg_one = _folder_cfg(tmp_path / "one")
+    cfg_two = _folder_cfg(tmp_path / "two")
+    cfg_two.data_dir = cfg_one.data_dir  # One tfds data dir, one folder name ("tiny").
+    assert cfg_one.folder.name == cfg_two.folder.name
+    np.testing.assert_array_equal(_labels(_built(cfg_one), "train")["a.png#0"], _mask(1))
+    np.testing.assert_array_equal(_labels(_built(cfg_two), "train")["a.png#0"], _mask(2))
+    # Rewriting a mask in place (new size/mtime) is a different data set too.
+    mask = _mask(2)
+    mask[5, 5] = 7
+    Image.fromarray(mask).save(tmp_path / "one" / "data" / "masks" / "a.png")
+    os.utime(tmp_path / "one" / "data" / "masks" / "a.png", ns=(1, 1))
+    with pytest.raises(ValueError, match=r"label id\(s\) \[7\]"):
+        _prepare(cfg_one)
+
+
+def test_non_utf8_file_name_is_named(tmp_path):
+    _write_folder(tmp_path, {"a": _mask(1)})
+    bad = os.path.join(os.fsencode(tmp_path / "data" / "images"), b"caf\xe9.png")
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match=r"file name b'caf\\xe9\.png' is not valid UTF-8"):
+        _prepare(_folder_cfg(tmp_path))

@@ -3,6 +3,8 @@
 One smoke training run (in-process, ~30 s) is shared by the whole module.
 """
 
+import json
+import os
 import shutil
 
 import jax
@@ -110,11 +112,30 @@ def test_bucket_shape():
     assert prediction.bucket_shape(32, 1) == (32, 32)
 
 
-def test_unreadable_image_error_names_the_file(predictor, images, tmp_path):
+def test_unreadable_images_are_skipped_and_listed_unless_strict(
+    predictor, images, tmp_path, capsys
+):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"definitely not a png")
+    good = str(images / "a_32x32.png")
+    out = tmp_path / "out"
+    written = prediction.predict_files(predictor, [str(bad), good], str(out))
+    assert written == [str(out / "a_32x32.png")]
+    assert sorted(os.listdir(out)) == ["a_32x32.png"]
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s)" in err and str(bad) in err, err
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
-        prediction.predict_files(predictor, [str(images / "a_32x32.png"), str(bad)], str(tmp_path))
+        prediction.predict_files(predictor, [good, str(bad)], str(tmp_path / "s"), strict=True)
+
+
+def test_output_that_is_a_file_fails_before_the_model_is_restored(images, tmp_path, monkeypatch):
+    target = tmp_path / "masks.png"
+    target.write_bytes(b"")
+    monkeypatch.setattr(
+        prediction, "load_predictor", lambda *a, **k: pytest.fail("restored the model first")
+    )
+    with pytest.raises(ValueError, match=r"--output .*masks\.png is a file"):
+        prediction.predict(str(tmp_path), str(images), str(target))
 
 
 def test_missing_inputs_and_checkpoints_are_clear_errors(workdir, tmp_path):
@@ -137,3 +158,100 @@ def test_training_curves_of_the_run(workdir, tmp_path):
         visualize.read_metrics(str(workdir / "metrics.jsonl")), "eval", "mean_iou"
     )
     assert steps == [3, 6]  # smoke: eval every 3 of 6 steps
+
+
+@pytest.fixture(scope="module")
+def em_run(tmp_path_factory):
+    """A smoke-size run trained through image_folder on 12-bit greyscale images (EM-like).
+
+    Each image has its own exposure (gain): scaling each by its own maximum, as the builder once
+    did, gives the same tissue different brightnesses, and 1/65535 (predict's old rule) gives
+    pixels 16x darker than training saw.
+    """
+    from configs import smoke
+
+    root = tmp_path_factory.mktemp("em")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        mask = np.zeros((32, 32), np.uint8)
+        y, x = rng.integers(2, 18, 2)
+        mask[y : y + 12, x : x + 12] = 1
+        raw = np.full(mask.shape, 300.0)
+        # A dim decoy (not a cell) with edges as sharp as a cell's: only brightness tells them
+        # apart, so the masks depend on the pixel scale, not on edges alone.
+        dy, dx = rng.integers(0, 24, 2)
+        raw[dy : dy + 8, dx : dx + 8] = 1100
+        raw[mask == 1] = 3400 * rng.uniform(0.7, 1.0)
+        raw += rng.normal(0, 60, mask.shape)
+        Image.fromarray(raw.clip(0, 4095).astype(np.uint16)).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i:02d}.png")
+    (root / "val.txt").write_text("\n".join(f"{i:02d}" for i in range(8, 12)))
+    config = smoke.get_config()
+    config.data.name = "image_folder"
+    config.data.data_dir = str(tmp_path_factory.mktemp("tfds16"))
+    config.data.folder.root = str(root)
+    config.data.folder.channels = 1
+    config.data.folder.class_names = ("background", "cell")
+    config.data.folder.val_list = "val.txt"
+    config.data.mean, config.data.std = (0.3,), (0.3,)
+    config.data.saturation = config.data.hue = 0.0
+    config.model.num_classes = 2
+    # Eval-mode BatchNorm after a few steps still runs on its initial statistics; without it the
+    # few steps here already learn the task.
+    config.model.use_batchnorm = False
+    config.total_steps = config.eval_every_steps = config.checkpoint_every_steps = 24
+    config.log_every_steps = 12
+    config.optim.learning_rate = 0.02
+    workdir = tmp_path_factory.mktemp("em_run")
+    train_lib.train_and_evaluate(config, str(workdir))
+    return root, workdir
+
+
+def test_16bit_images_predict_masks_equal_eval_predictions(em_run, tmp_path):
+    from jaxseg import evaluation, sharding
+
+    root, workdir = em_run
+    raws = [np.asarray(Image.open(p)) for p in sorted((root / "images").glob("*.png"))]
+    low, high = min(float(r.min()) for r in raws), max(float(r.max()) for r in raws)
+    # The range training used (the whole folder's, not each image's) is in config.json.
+    written = json.loads((workdir / "config.json").read_text())
+    assert written["data"]["folder"]["intensity_range"] == [low, high]
+
+    config = checkpointing.read_config(str(workdir))
+    mesh = sharding.make_mesh()
+    model, state = train_lib.restore_checkpoint(config, str(workdir), "latest", mesh)
+    evaluator = evaluation.Evaluator(config, model, mesh, datasets.dataset_spec(config.data))
+    eval_images, _, eval_preds = evaluator.sample_predictions(state)
+    assert len(eval_preds) == 4
+
+    predictor = prediction.load_predictor(str(workdir), "latest")
+    assert predictor.intensity_range == (low, high)
+    # predict.py decodes each file to the very pixels the builder stored for training and eval.
+    builder = datasets.dataset_spec(config.data).make_builder(config.data)
+    source = builder.as_data_source("validation")
+    for i in range(len(source)):
+        name = source[i]["file_name"].decode().split("#")[0]
+        pixels = prediction.read_image(str(root / "images" / name), 1, predictor.intensity_range)
+        np.testing.assert_array_equal(np.rint(pixels * 255), source[i]["image"], err_msg=name)
+    val = [root / "images" / f"{i:02d}.png" for i in range(8, 12)]
+    masks = prediction.predict_files(predictor, [str(p) for p in val], str(tmp_path))
+    predicted_masks = []
+    for path, mask_path in zip(val, masks, strict=True):
+        pixels = prediction.read_image(str(path), 1, predictor.intensity_range)
+        # The eval example showing this file (sample images are de-normalised, +-1 grey level).
+        distance = [np.abs(e.astype(int) - pixels * 255).max() for e in eval_images]
+        k = int(np.argmin(distance))
+        assert distance[k] <= 1, distance
+        predicted = np.asarray(Image.open(mask_path))
+        np.testing.assert_array_equal(predicted, eval_preds[k], err_msg=str(path))
+        predicted_masks.append(predicted)
+    # Not vacuous: the model tells cells from background, and predict's old 1/65535 rule would
+    # have fed it other pixels and got other masks.
+    assert all(0 < p.mean() < 1 for p in eval_preds), [p.mean() for p in eval_preds]
+    old_rule = [np.asarray(Image.open(p), np.float32)[..., None] / 65535 for p in val]
+    assert any(
+        not np.array_equal(prediction.predict_image(predictor, x), m)
+        for x, m in zip(old_rule, predicted_masks, strict=True)
+    )

@@ -24,6 +24,8 @@ import pytest
 from PIL import Image
 from test_train_e2e import REPO, child_env, shared_dir
 
+from jaxseg import train_lib
+
 # Durations only: a few steps, an evaluation and a checkpoint at each half.
 STEPS = 4
 SHORTEN = [
@@ -129,7 +131,7 @@ def trained(root, env):
     workdir = _flag(argv, "workdir")
     assert not Path(workdir).is_absolute(), "the README's train command uses a relative workdir"
     rc, first = _run(root, env, argv + [f"--config.max_steps_per_run={STEPS // 2}"], "train1")
-    assert rc == 0, first[-3000:]
+    assert rc == train_lib.EXIT_STOPPED_EARLY, first[-3000:]
     rc, second = _run(root, env, argv, "train2")
     assert rc == 0, second[-3000:]
     return root / workdir, first, second

@@ -31,6 +31,7 @@ import pytest
 
 from configs import smoke
 from jaxseg import checkpointing, optim, sharding, train_lib
+from jaxseg import workdir as workdir_lib
 from jaxseg.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +251,51 @@ def _preemption_chain(workdir: Path, env: dict[str, str]) -> Preemption:
 
 
 @dataclasses.dataclass
+class Interrupted:
+    """A run sent SIGINT (Ctrl-C) while a checkpoint was being written."""
+
+    run: Run
+    sent: bool
+    saving: list[str]  # The partial step directories when SIGINT was sent.
+    complete: list[int]
+    partial: list[str]
+
+
+def _interrupt_mid_save(workdir: Path, env: dict[str, str]) -> Interrupted:
+    """Ctrl-C 0.3 s after a checkpoint's tmp directory appears: save() has returned and the
+    write is in flight in the background (a save takes ~1 s), so only waiting keeps it."""
+    ckpts = workdir / "checkpoints"
+    saving = []
+
+    def ready():
+        saving[:] = sorted(p.name for p in ckpts.glob("*" + TMP_SUFFIX))
+        if saving:
+            time.sleep(0.3)
+        return bool(saving)
+
+    run, sent = _run_until(
+        workdir, config_flags(checkpoint_every_steps=1), env, "sigint", ready, signal.SIGINT
+    )
+    complete, partial = checkpoint_steps(workdir)
+    return Interrupted(run, sent, saving, complete, partial)
+
+
+def _second_writer(straight: Run, env: dict[str, str]) -> tuple[Run, str]:
+    """train.py on a workdir whose lock this (live) pytest process holds; readers still work."""
+    with workdir_lib.TrainLock(straight.workdir) as lock:
+        refused = train(straight.workdir, config_flags(), env, "second_writer")
+        holder = Path(lock.path).read_text()
+        # eval.py / predict.py open checkpoints read-only and never take the lock.
+        ckpt = checkpointing.Checkpointer(straight.workdir, read_only=True)
+        try:
+            readable = ckpt.all_steps()
+        finally:
+            ckpt.close()
+    assert readable == [HALF, TOTAL_STEPS]
+    return refused, holder
+
+
+@dataclasses.dataclass
 class Runs:
     """The straight run, done; the others as futures (tests wait only for what they check)."""
 
@@ -257,6 +303,8 @@ class Runs:
     bad_flag: concurrent.futures.Future
     max_steps: concurrent.futures.Future
     preemption: concurrent.futures.Future
+    second_writer: concurrent.futures.Future
+    interrupted: concurrent.futures.Future
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +321,9 @@ def runs(tmp_path_factory):
         straight = train(root / "straight", config_flags(checkpoint_every_steps=HALF), env)
         max_steps = pool.submit(_max_steps_chain, root / "max_steps", env)
         preemption = pool.submit(_preemption_chain, root / "preemption", env)
-        yield Runs(straight, bad_flag, max_steps, preemption)
+        second_writer = pool.submit(_second_writer, straight, env)
+        interrupted = pool.submit(_interrupt_mid_save, root / "interrupted", env)
+        yield Runs(straight, bad_flag, max_steps, preemption, second_writer, interrupted)
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +426,8 @@ def test_misspelt_config_key_fails_naming_it(runs):
 @pytest.mark.slow
 def test_max_steps_per_run_then_rerun_matches_straight_run(runs, restore, straight_final):
     chain = runs.max_steps.result()
-    assert chain.first.returncode == 0, chain.first.tail()
+    # Stopped early with a checkpoint: the documented "rerun me" status, not success.
+    assert chain.first.returncode == train_lib.EXIT_STOPPED_EARLY == 75, chain.first.tail()
     assert f"Stopping early (preemption or max_steps_per_run) at step {HALF}" in chain.first.log
     assert chain.complete_after_first == [HALF]
     assert chain.second.returncode == 0, chain.second.tail()
@@ -397,7 +448,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_rerun_resumes_there(
     preemption = runs.preemption.result()
     chain = preemption.sigterm
     assert preemption.sigterm_sent, "the run ended before SIGTERM was sent:\n" + chain.first.tail()
-    assert chain.first.returncode == 0, chain.first.tail()
+    assert chain.first.returncode == train_lib.EXIT_STOPPED_EARLY, chain.first.tail()
     assert "Received signal 15" in chain.first.log, chain.first.tail()
     stopped = re.search(r"Stopping early .* at step (\d+)", chain.first.log)
     assert stopped, chain.first.tail()
@@ -438,3 +489,38 @@ def test_sigkill_mid_save_never_restores_the_partial_checkpoint(runs, restore, s
     state, _ = restore(chain.second.workdir, "latest")
     assert int(state.step) == TOTAL_STEPS
     assert_states_close(state, straight_final)
+    # The killed run had logged steps past its last checkpoint; the resumed runs logged them
+    # again. Each (step, split) is in metrics.jsonl once, every train step 1..TOTAL_STEPS.
+    records = read_metrics(chain.second.workdir)
+    keys = [(r["step"], r["split"]) for r in records]
+    assert len(keys) == len(set(keys)), sorted(keys)
+    assert sorted(s for s, split in keys if split == "train") == list(range(1, TOTAL_STEPS + 1))
+
+
+@pytest.mark.slow
+def test_second_writer_is_refused_naming_the_holder(runs):
+    refused, holder = runs.second_writer.result()
+    assert refused.returncode not in (0, train_lib.EXIT_STOPPED_EARLY), refused.tail()
+    holder = json.loads(holder)
+    assert f"pid {holder['pid']} on host {holder['host']}" in refused.tail(5), refused.tail()
+    assert "is in use by another training run" in refused.tail(5)
+    # Refused before touching anything: the finished run's checkpoints and metrics are as
+    # they were (the readers' check ran while the lock was held, in _second_writer).
+    assert checkpoint_steps(refused.workdir) == ([HALF, TOTAL_STEPS], [])
+    assert len(read_metrics(refused.workdir)) == TOTAL_STEPS + 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_save_keeps_that_checkpoint_and_ends_with_the_cause(runs):
+    result = runs.interrupted.result()
+    run = result.run
+    assert result.sent and result.saving, "the run ended before SIGINT:\n" + run.tail()
+    assert run.returncode not in (0, train_lib.EXIT_STOPPED_EARLY), run.tail()
+    # The save in flight at Ctrl-C was waited for: complete, nothing left half-written.
+    saved = [int(name.removesuffix(TMP_SUFFIX)) for name in result.saving]
+    assert result.partial == [] and set(saved) <= set(result.complete), result
+    assert not (run.workdir / workdir_lib.LOCK_FILENAME).exists()  # Released.
+    # The last lines say what happened, not asyncio shutdown noise.
+    tail = run.tail(3)
+    assert "KeyboardInterrupt" in tail, run.tail()
+    assert "Event loop is closed" not in run.log, run.tail()

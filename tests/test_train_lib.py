@@ -107,3 +107,58 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(data_dir):
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
     # Close to ln(6) at init: bf16 rounding does not distort the loss.
     assert abs(float(metrics["loss"]) - math.log(6)) < 0.5
+
+
+def test_nan_right_after_a_save_keeps_the_newer_checkpoint(
+    trained_run, data_dir, tmp_path, monkeypatch
+):
+    """The save of step 4 is still being written when the loss of step 5 is found non-finite:
+    the loop must wait for it (a finished save of a finite state is good data)."""
+    import shutil
+
+    workdir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    real_check = train_lib._check_finite
+
+    def nan_at_step_5(metrics, step, **kwargs):
+        if step == 5:  # Where a real NaN is detected: the first log step after the save.
+            metrics = dict(metrics, loss=float("nan"))
+        return real_check(metrics, step, **kwargs)
+
+    monkeypatch.setattr(train_lib, "_check_finite", nan_at_step_5)
+    config = _smoke(data_dir, total_steps=6, log_every_steps=1, checkpoint_every_steps=1)
+    with pytest.raises(train_lib.NonFiniteLossError, match="step 5") as error:
+        train_lib.train_and_evaluate(config, str(copy))
+    # Checked at once, before anything else could finish the save in the background.
+    names = sorted(p.name for p in (copy / "checkpoints").iterdir())
+    assert names == ["3", "4"], names
+    # grad_clip_norm is on in smoke (default 1.0): the hint must not suggest enabling it.
+    assert "already clipped" in str(error.value) and "enable" not in str(error.value)
+    assert not (copy / "train.lock").exists()  # Released on the error path too.
+    state = _restore(config, str(copy), 4)
+    assert int(state.step) == 4
+
+
+def test_nan_hint_suggests_clipping_only_when_it_is_off():
+    with pytest.raises(train_lib.NonFiniteLossError, match="enable optim.grad_clip_norm"):
+        train_lib._check_finite({"loss": float("inf")}, 7, grad_clip_norm=0.0)
+
+
+def test_start_up_validation_names_the_key_and_the_device_count():
+    mesh = sharding.make_mesh()
+    assert mesh.size == 8  # conftest's fake devices
+    cases = {
+        "batch_size": (12, r"config\.batch_size = 12 is not a positive multiple of the 8 devices"),
+        "eval_batch_size": (4, r"config\.eval_batch_size = 4 .* 8 devices"),
+        "log_every_steps": (0, r"config\.log_every_steps = 0: must be >= 1"),
+        "eval_every_steps": (-1, r"config\.eval_every_steps = -1: must be >= 1"),
+        "checkpoint_every_steps": (0, r"config\.checkpoint_every_steps = 0"),
+        "max_steps_per_run": (-2, r"config\.max_steps_per_run = -2"),
+    }
+    train_lib.validate_config(smoke.get_config(), mesh)
+    for key, (value, message) in cases.items():
+        config = smoke.get_config()
+        config[key] = value
+        with pytest.raises(ValueError, match=message):
+            train_lib.validate_config(config, mesh)

@@ -239,3 +239,17 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> DatasetSpec:
     return dataclasses.replace(
         spec, class_names=class_names, palette=palette, image_channels=folder.channels
     )
+
+
+def recorded_intensity_range(data_cfg: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """The 16-bit intensity range the built data set maps to 0..255 (see jaxseg.data.images).
+
+    `config.data.folder.intensity_range` when set; for an auto-ranged image folder the range
+    recorded when it was built; () when the data set records none (built-in data sets, folders
+    without 16-bit images), meaning 16-bit inputs are scaled by the full range 0..65535.
+    Call after the data set is built (the train loop does so once its input pipeline exists).
+    """
+    explicit = tuple(float(v) for v in data_cfg.folder.intensity_range)
+    if data_cfg.name != "image_folder" or explicit:
+        return explicit
+    return image_folder.recorded_intensity_range(_folder_builder(data_cfg))

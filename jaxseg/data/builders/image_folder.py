@@ -17,20 +17,45 @@ relative to `root` or absolute) makes a `validation` split and leaves the rest t
 `train_list` names the training stems too. A list entry `<stem>` takes all pages of a stack,
 `<stem>#<page>` one page.
 
+Index masks whose raw values are not the class ids are mapped while building, in this order
+for each raw value v:
+  * `ignore_ids`: v in it -> 255 (ignore), e.g. `(11,)` for CamVid's void id 11;
+  * `id_map`: ((raw, class_id), ...) pairs, e.g. `((255, 1),)` for 0/255 binary masks whose
+    255 is the foreground; a pair (255, 255) says that 255 really is "ignore";
+  * `reduce_zero_label`: ADE20K-style masks where 0 is "unlabelled": 0 -> 255, v -> v - 1;
+  * otherwise v is the class id. Raw 255 stays 255 (ignore) unless mapped.
+A split whose masks hold only 0 and 255 (no id 1..254 anywhere) is a 0/255 binary mask set read
+as index masks: every foreground pixel would be ignored, so the build stops naming a file and
+the fix (`id_map=((255, 1),)`).
+
+Images: 8-bit files are converted to `channels`; 16-bit greyscale ones are mapped to 8 bits by
+one data-set-wide range (`intensity_range`, or the folder's own min..max when it is ()), the rule
+of `jaxseg.data.images`, which predict.py applies to raw files too. The range used is recorded in
+the built data set (`builder.info.metadata["intensity_range"]`) and in the run's config.json.
+
 Every image is checked while building: unreadable files, image/mask size or page-count mismatch,
-label ids that are neither a class nor 255, mask colours missing from the table, unpaired files
-and empty splits raise `ValueError`s naming the file. The data is stored decoded-and-checked (PNG
-class ids), so training never meets a bad example. Data built from a folder is cached under its
-config `name`: after changing the folder's content, delete that directory or pick a new name.
+label ids that are neither a class nor 255, mask colours missing from the table, unpaired files,
+file names that are not UTF-8 and empty splits raise `ValueError`s naming the file. The data is
+stored decoded-and-checked (PNG class ids), so training never meets a bad example.
+
+Cache: the built data lives under `<data_dir>/segmentation_folder/<name>_<key>/`, where `key`
+is a digest of the folder's absolute root, every option above and a fingerprint of the files
+(names, sizes, modification times, split-list contents): a changed file, a new root with the
+same `name` or changed options build a fresh copy instead of reusing stale data. Old copies are
+never deleted automatically; remove `<data_dir>/segmentation_folder/` to reclaim the space.
 """
 
 import dataclasses
+import hashlib
 import io
+import json
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+
+from jaxseg.data import images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
@@ -52,6 +77,13 @@ class SegmentationFolderConfig(tfds.core.BuilderConfig):
       channels: 1 (greyscale, e.g. EM stacks) or 3 (RGB); images are converted to it.
       train_list: optional list file of training stems.
       val_list: optional list file of validation stems.
+      ignore_ids: index masks: raw ids stored as 255 (ignore).
+      id_map: index masks: ((raw, class id), ...) remapping pairs.
+      reduce_zero_label: index masks: 0 -> 255 and v -> v - 1 (ADE20K style).
+      intensity_range: 16-bit images: (low, high) raw values mapped to 0..255; () = the
+        folder's own min..max, found while building. Not part of the cache key: a built copy
+        records the range it used and refuses a different explicit one (see `check_recorded`).
+      fingerprint: digest of root, options and files (the cache key; see the module docstring).
     """
 
     root: str = ""
@@ -64,6 +96,11 @@ class SegmentationFolderConfig(tfds.core.BuilderConfig):
     channels: int = 3
     train_list: str | None = None
     val_list: str | None = None
+    ignore_ids: tuple = ()
+    id_map: tuple = ()
+    reduce_zero_label: bool = False
+    intensity_range: tuple = ()
+    fingerprint: str = ""
 
 
 def make_config(folder_cfg) -> SegmentationFolderConfig:
@@ -86,11 +123,15 @@ def make_config(folder_cfg) -> SegmentationFolderConfig:
             f"{where}.palette: 'palette' masks need one RGB colour per class "
             f"({num_classes}), got {len(palette)}"
         )
-    return SegmentationFolderConfig(
-        name=folder_cfg.name,
-        version="1.0.0",
-        description=f"images and masks from {folder_cfg.root}",
-        root=os.path.expanduser(folder_cfg.root),
+    ignore_ids, id_map = _checked_id_options(folder_cfg, num_classes)
+    intensity_range = tuple(float(v) for v in folder_cfg.intensity_range)
+    if intensity_range and (len(intensity_range) != 2 or intensity_range[0] >= intensity_range[1]):
+        raise ValueError(
+            f"{where}.intensity_range: {folder_cfg.intensity_range} is not () or (low, high) "
+            "with low < high"
+        )
+    options = dict(
+        root=os.path.abspath(os.path.expanduser(folder_cfg.root)),
         image_dir=folder_cfg.image_dir,
         mask_dir=folder_cfg.mask_dir,
         mask_format=folder_cfg.mask_format,
@@ -100,7 +141,73 @@ def make_config(folder_cfg) -> SegmentationFolderConfig:
         channels=folder_cfg.channels,
         train_list=folder_cfg.train_list,
         val_list=folder_cfg.val_list,
+        ignore_ids=ignore_ids,
+        id_map=id_map,
+        reduce_zero_label=bool(folder_cfg.reduce_zero_label),
     )
+    fingerprint = _fingerprint(options)
+    return SegmentationFolderConfig(
+        # The tfds directory name: one built copy per (data, options), see the module docstring.
+        name=f"{folder_cfg.name}_{fingerprint[:12]}",
+        version="1.0.0",
+        description=f"images and masks from {options['root']}",
+        intensity_range=intensity_range,
+        fingerprint=fingerprint,
+        **options,
+    )
+
+
+def _checked_id_options(folder_cfg, num_classes: int) -> tuple[tuple, tuple]:
+    where = "config.data.folder"
+    ignore_ids = tuple(sorted(int(v) for v in folder_cfg.ignore_ids))
+    try:
+        id_map = tuple(sorted((int(raw), int(cls)) for raw, cls in folder_cfg.id_map))
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{where}.id_map: {folder_cfg.id_map} is not ((raw id, class id), ...) pairs"
+        ) from e
+    raws = [raw for raw, _ in id_map]
+    if len(set(raws)) != len(raws):
+        raise ValueError(f"{where}.id_map: raw id(s) listed twice in {folder_cfg.id_map}")
+    both = sorted(set(raws) & set(ignore_ids))
+    if both:
+        raise ValueError(f"{where}: raw id(s) {both} are in both ignore_ids and id_map")
+    bad = [(raw, cls) for raw, cls in id_map if not (0 <= cls < num_classes or cls == IGNORE_ID)]
+    if bad:
+        raise ValueError(
+            f"{where}.id_map: target(s) {bad} are neither a class (0..{num_classes - 1}) nor "
+            f"{IGNORE_ID} (ignore)"
+        )
+    if (ignore_ids or id_map or folder_cfg.reduce_zero_label) and (
+        folder_cfg.mask_format != "index"
+    ):
+        raise ValueError(
+            f"{where}.ignore_ids / id_map / reduce_zero_label apply to mask_format='index' only; "
+            "palette masks use ignore_colors"
+        )
+    return ignore_ids, id_map
+
+
+def _fingerprint(options: dict) -> str:
+    """sha256 over the options and every file's name, size and mtime (no file is read)."""
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    root = options["root"]
+    for sub in (options["image_dir"], options["mask_dir"]):
+        directory = os.path.join(root, sub)
+        if not os.path.isdir(directory):
+            continue  # pair_files names the missing directory when the build needs it.
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                stat = entry.stat()
+                digest.update(os.fsencode(entry.name) + b"\0")
+                digest.update(f"{stat.st_size} {stat.st_mtime_ns}\n".encode())
+    for listing in (options["train_list"], options["val_list"]):
+        if listing:
+            path = listing if os.path.isabs(listing) else os.path.join(root, listing)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
 
 
 class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
@@ -121,12 +228,22 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                     "file_name": tfds.features.Text(),
                 }
             ),
+            # {"intensity_range": [low, high] or [], "root": ..., "fingerprint": ...}
+            metadata=tfds.core.MetadataDict(),
         )
+
+    def download_and_prepare(self, *args, **kwargs):
+        super().download_and_prepare(*args, **kwargs)
+        check_recorded(self)
 
     def _split_generators(self, dl_manager):
         del dl_manager  # The data is already local.
         cfg = self.builder_config
         pairs = pair_files(cfg)
+        self._range = tuple(cfg.intensity_range) or folder_intensity_range(pairs)
+        self.info.metadata.update(
+            intensity_range=list(self._range), root=cfg.root, fingerprint=cfg.fingerprint
+        )
         return {
             split: self._generate_examples(items)
             for split, items in assign_splits(pairs, cfg).items()
@@ -134,9 +251,15 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, items):
         cfg = self.builder_config
+        saw_class, unmapped_255 = False, None
         for key, image_path, mask_path, page in items:
-            image = read_image(image_path, page, cfg.channels)
-            label = read_mask(mask_path, page, cfg)
+            image = images.decode(
+                image_path, channels=cfg.channels, page=page, intensity_range=self._range
+            )
+            label, raw_255 = _read_mask_ids(mask_path, page, cfg)
+            saw_class = saw_class or bool(((label > 0) & (label != IGNORE_ID)).any())
+            if raw_255 and unmapped_255 is None:
+                unmapped_255 = mask_path
             if image.shape[:2] != label.shape:
                 raise ValueError(
                     f"{image_path} is {image.shape[1]}x{image.shape[0]} px but its mask "
@@ -150,6 +273,40 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                     "file_name": f"{os.path.basename(image_path)}#{page}",
                 },
             )
+        if unmapped_255 is not None and not saw_class and cfg.mask_format == "index":
+            raise ValueError(
+                f"{unmapped_255}: the masks hold only 0 and 255, a 0/255 binary mask set; in "
+                "index masks 255 means ignore, so every foreground pixel would be ignored. If "
+                "255 is the foreground, set config.data.folder.id_map=((255, 1),); if 255 really "
+                "is ignore, say so with id_map=((255, 255),)"
+            )
+
+
+def folder_intensity_range(items) -> tuple[float, float] | tuple[()]:
+    """(min, max) raw value over every 16-bit image page of `items`; () if none is 16-bit."""
+    low, high = np.inf, -np.inf
+    for _, image_path, _, page in items:
+        found = images.wide_value_range(image_path, page)
+        if found is not None:
+            low, high = min(low, found[0]), max(high, found[1])
+    return () if low > high else (float(low), float(high))
+
+
+def recorded_intensity_range(builder: SegmentationFolder) -> tuple[float, ...]:
+    """The 16-bit range a built folder data set used; () if it holds no 16-bit images."""
+    return tuple(float(v) for v in builder.info.metadata.get("intensity_range", ()))
+
+
+def check_recorded(builder: SegmentationFolder) -> None:
+    """Raises if the built copy used another 16-bit range than the config explicitly asks for."""
+    cfg = builder.builder_config
+    recorded = recorded_intensity_range(builder)
+    if cfg.intensity_range and recorded and tuple(cfg.intensity_range) != recorded:
+        raise ValueError(
+            f"config.data.folder.intensity_range={tuple(cfg.intensity_range)} but the data set "
+            f"built from {cfg.root} in {builder.data_dir} used {recorded}. Set the recorded "
+            "range (or () for it), or delete that directory to rebuild with the new one."
+        )
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -165,6 +322,13 @@ def _files_by_stem(directory: str, suffixes: tuple[str, ...]) -> dict[str, str]:
         raise ValueError(f"{directory} is not a directory (see config.data.folder)")
     by_stem: dict[str, str] = {}
     for name in sorted(os.listdir(directory)):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{directory}: file name {os.fsencode(name)!r} is not valid UTF-8; rename it "
+                "(stems are stored as text)"
+            ) from None
         stem, suffix = os.path.splitext(name)
         if suffix.lower() not in suffixes:
             continue
@@ -255,26 +419,18 @@ def assign_splits(items: list, cfg: SegmentationFolderConfig) -> dict[str, list]
     return {split: [by_key[k] for k in sorted(keys)] for split, keys in splits.items()}
 
 
-def read_image(path: str, page: int, channels: int) -> np.ndarray:
-    """Reads one page as uint8 [H, W, channels]; raises ValueError naming an unreadable file."""
-    try:
-        with Image.open(path) as img:
-            img.seek(page)
-            if img.mode in ("I;16", "I;16B", "I"):
-                # 16-bit EM/microscopy: scale the full range to 8 bits rather than clip it.
-                values = np.asarray(img, np.float64)
-                top = max(values.max(), 1.0)
-                array = np.round(values * (255.0 / top)).astype(np.uint8)
-                array = np.repeat(array[..., None], channels, -1)
-            else:
-                array = np.asarray(img.convert("L" if channels == 1 else "RGB"))
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read image (page {page}): {e}") from e
-    return array.reshape(array.shape[0], array.shape[1], channels)
+def read_image(path: str, page: int, channels: int, intensity_range=()) -> np.ndarray:
+    """Reads one page as uint8 [H, W, channels] by `jaxseg.data.images.decode`'s rule."""
+    return images.decode(path, channels=channels, page=page, intensity_range=intensity_range)
 
 
 def read_mask(path: str, page: int, cfg: SegmentationFolderConfig) -> np.ndarray:
     """Reads one mask page as uint8 class ids [H, W] (255 = ignore), checking every id."""
+    return _read_mask_ids(path, page, cfg)[0]
+
+
+def _read_mask_ids(path: str, page: int, cfg: SegmentationFolderConfig):
+    """(uint8 class ids [H, W], whether a raw 255 was left as ignore without being mapped)."""
     try:
         with Image.open(path) as img:
             img.seek(page)
@@ -283,7 +439,7 @@ def read_mask(path: str, page: int, cfg: SegmentationFolderConfig) -> np.ndarray
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: cannot read mask (page {page}): {e}") from e
     if cfg.mask_format == "palette":
-        return _colours_to_ids(raw, path, cfg)
+        return _colours_to_ids(raw, path, cfg), False
     if raw.ndim == 3:
         if not (raw[..., :3] == raw[..., :1]).all():
             raise ValueError(
@@ -291,13 +447,37 @@ def read_mask(path: str, page: int, cfg: SegmentationFolderConfig) -> np.ndarray
                 "channel, or set config.data.folder.mask_format='palette' with a colour table"
             )
         raw = raw[..., 0]
-    bad = np.unique(raw[(raw >= cfg.num_classes) & (raw != IGNORE_ID)])
+    values, inverse = np.unique(raw.astype(np.int64), return_inverse=True)
+    ids = _map_ids(values, cfg)
+    bad = values[(ids >= cfg.num_classes) & (ids != IGNORE_ID)]
     if bad.size:
         raise ValueError(
             f"{path}: label id(s) {bad[:10].tolist()} are neither a class "
             f"(0..{cfg.num_classes - 1}) nor {IGNORE_ID} (ignore)"
+            + (
+                ""
+                if cfg.ignore_ids or cfg.id_map
+                else "; map them with config.data.folder.ignore_ids / id_map / reduce_zero_label"
+            )
         )
-    return raw.astype(np.uint8)
+    raw_255 = IGNORE_ID in values.tolist() and IGNORE_ID not in dict(cfg.id_map)
+    return ids[inverse].reshape(raw.shape).astype(np.uint8), raw_255
+
+
+def _map_ids(values: np.ndarray, cfg: SegmentationFolderConfig) -> np.ndarray:
+    """Raw mask values -> class ids by ignore_ids, id_map, reduce_zero_label (module docstring)."""
+    id_map = dict(cfg.id_map)
+    ids = values.copy()
+    for i, v in enumerate(values.tolist()):
+        if v in cfg.ignore_ids:
+            ids[i] = IGNORE_ID
+        elif v in id_map:
+            ids[i] = id_map[v]
+        elif v == IGNORE_ID:
+            ids[i] = IGNORE_ID
+        elif cfg.reduce_zero_label:
+            ids[i] = IGNORE_ID if v == 0 else v - 1
+    return ids
 
 
 def _colours_to_ids(rgb: np.ndarray, path: str, cfg: SegmentationFolderConfig) -> np.ndarray:
