@@ -179,3 +179,16 @@ def test_python_api_equals_predict_py(smoke_run, images, tmp_path):
     labels = seg.predict(batch)
     assert labels.shape == (2, 40, 50) and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels[0], seg.predict(pixels[1]))
+
+
+def test_readme_python_api_example_as_written(smoke_run, images, tmp_path, monkeypatch, capsys):
+    readme = open(os.path.join(REPO, "README.md")).read()
+    section = readme[readme.index("## Python API") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+    os.symlink(smoke_run, tmp_path / "runs_default")
+    Image.open(images / "a_45x70.png").save(tmp_path / "street.png")
+    monkeypatch.chdir(tmp_path)
+    exec(code.replace('"runs/default"', '"runs_default"'), {})
+    counts = eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sum(counts.values()) == 45 * 70
+    assert set(counts) <= set(jaxseg.load("runs_default").classes)
