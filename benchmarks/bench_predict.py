@@ -64,12 +64,13 @@ def main():
             batch_size_per_device=args.batch_per_device,
             max_tile=args.max_tile,
         )
-        settings = predictor.settings.override(mode=args.mode)
+        c = args.crop
+        window = dict(crop=(c, c), stride=(c * 3 // 4, c * 3 // 4))
         if args.mode == "sliding_window":
-            c = args.crop
-            settings = settings.override(crop=(c, c), stride=(c * 3 // 4, c * 3 // 4))
+            settings = predictor.settings.override(mode=args.mode, **window)
             tile = (c, c)
         else:
+            settings = predictor.settings.override(mode=args.mode)
             tile = (args.max_tile, args.max_tile)
         t0 = time.perf_counter()
         prediction.predict_files(
