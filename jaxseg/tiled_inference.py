@@ -270,13 +270,17 @@ class Engine:
             logits = resize(logits, (h, w))
             if flipped:
                 logits = logits[:, :, ::-1]
-            total = logits if total is None else total + logits
+            if total is None:
+                total = np.array(logits, np.float32)  # a copy: `logits` may be a view
+            else:
+                total += logits
             if with_variance:
                 p = softmax(logits)
                 sum_p = p if sum_p is None else sum_p + p
                 p2 = np.sum(p * p, axis=-1)
                 sum_p2 = p2 if sum_p2 is None else sum_p2 + p2
-        logits = total / len(augs)
+        logits = total
+        logits /= len(augs)
         if not with_variance:
             return logits, None
         mean_p = sum_p / len(augs)
@@ -286,10 +290,11 @@ class Engine:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, float32, stable for large logits."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z, dtype=np.float32)
-    return e / e.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis, float32, stable for large logits (one [..., K] temporary)."""
+    p = np.subtract(logits, logits.max(axis=-1, keepdims=True), dtype=np.float32)
+    np.exp(p, out=p)
+    p /= p.sum(axis=-1, keepdims=True)
+    return p
 
 
 def confidence_maps(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,10 +303,13 @@ def confidence_maps(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Entropy is in nats divided by log K, so 1 means uniform over the K classes.
     """
     k = probs.shape[-1]
-    p = np.clip(probs, 0.0, 1.0)
-    entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-30)), 0.0), axis=-1)
-    normalised = entropy / np.log(k) if k > 1 else np.zeros_like(entropy)
-    return p.max(axis=-1).astype(np.float32), np.clip(normalised, 0.0, 1.0).astype(np.float32)
+    # p log p -> 0 as p -> 0: flooring p inside the log gives exactly 0 * log(1e-30) = 0 there.
+    plogp = np.log(np.maximum(probs, 1e-30, dtype=np.float32))
+    plogp *= probs
+    entropy = -plogp.sum(axis=-1)
+    normalised = entropy / np.float32(np.log(k)) if k > 1 else np.zeros_like(entropy)
+    max_prob = np.clip(probs.max(axis=-1), 0.0, 1.0).astype(np.float32)
+    return max_prob, np.clip(normalised, 0.0, 1.0).astype(np.float32)
 
 
 def batch_size_for(mesh: jax.sharding.Mesh, per_device: int) -> int:
