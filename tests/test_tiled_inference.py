@@ -192,3 +192,13 @@ def test_readme_python_api_example_as_written(smoke_run, images, tmp_path, monke
     counts = eval(capsys.readouterr().out.strip().splitlines()[-1])
     assert sum(counts.values()) == 45 * 70
     assert set(counts) <= set(jaxseg.load("runs_default").classes)
+
+
+def test_probabilities_as_16_bit_pngs_round_trip(tmp_path):
+    probs = tiled_inference.softmax(np.random.default_rng(0).normal(size=(5, 7, 3)) * 3)
+    paths = prediction.save_probabilities(probs, str(tmp_path), "x", "png16", ("a", "b", "c"))
+    assert [os.path.basename(p) for p in paths] == ["x_prob_0.png", "x_prob_1.png", "x_prob_2.png"]
+    back = np.stack([prediction.read_unit_png(p) for p in paths], axis=-1)
+    np.testing.assert_allclose(back, probs, atol=0.5 / 65535 + 1e-7)
+    with pytest.raises(ValueError, match="save_probs"):
+        prediction.save_probabilities(probs, str(tmp_path), "x", "tiff", ("a", "b", "c"))
