@@ -187,20 +187,22 @@ def overlap_tile(run: TileRunner, model: UNet, image: np.ndarray, tile_in) -> np
     return _host_tiled(run, x, tile_in=tuple(tile_in), out_hw=(ph, pw), starts=starts)[:h, :w]
 
 
-@functools.cache
-def _cpu_resize(shape: tuple[int, ...]) -> Callable:
-    # TTA resizes run on the host's CPU backend: a big image never needs to fit on the device.
-    return jax.jit(
-        lambda x: jax.image.resize(x, shape, method="bilinear"), device=jax.devices("cpu")[0]
-    )
+@functools.lru_cache(maxsize=32)
+def _resize_fn(shape: tuple[int, ...]) -> Callable:
+    return jax.jit(lambda x: jax.image.resize(x, shape, method="bilinear"))
 
 
 def resize(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of [N, H, W, C] to hw (jax.image.resize, as `inference.multiscale_tta`)."""
+    """Bilinear resize of [N, H, W, C] to hw (jax.image.resize, as `inference.multiscale_tta`).
+
+    Runs on the host's CPU backend (the input is committed there), so a big image never needs
+    to fit on the accelerator.
+    """
     if tuple(x.shape[1:3]) == tuple(hw):
         return x
     shape = (x.shape[0], *hw, x.shape[-1])
-    return np.asarray(_cpu_resize(shape)(x))
+    on_host = jax.device_put(x, jax.devices("cpu")[0])
+    return np.asarray(_resize_fn(shape)(on_host))
 
 
 @dataclasses.dataclass
