@@ -1,13 +1,21 @@
 r"""Segments image files with a trained run: flags only, then one call into jaxseg.
 
   python predict.py --workdir runs/default --input photos/ --output masks/ [--overlay]
-      [--checkpoint best|latest|<step>] [--strict]
+      [--checkpoint best|latest|<step>] [--mode sliding_window --crop 512,512 --stride 384,384]
+      [--flip] [--scales 0.75,1,1.25] [--save_probs npz|png16] [--confidence] [--strict]
 
 --input is a folder (its .png/.jpg/.tif/... files) or a comma-separated list of files. Writes
 <output>/<stem>.png, a palette PNG of class ids at the image's own size, and with --overlay
 <stem>_overlay.png, the class colours blended over the image. Files that cannot be read are
 skipped and listed at the end (exit status 0), unless --strict. 16-bit images are scaled by the
-run's recorded range, as in training.
+run's recorded range, as in training. The inference mode and TTA default
+to the run's config.eval; images of any size are tiled, so device memory stays bounded by
+--batch_size_per_device tiles (whole_image mode: images with a side above --max_tile px run as
+a sliding window of --max_tile crops). --save_probs writes <stem>_probs.npz (float16
+`probabilities` [H, W, K]) or <stem>_prob_<k>.png (16-bit, value / 65535); --confidence writes
+<stem>_maxprob.png and <stem>_entropy.png (entropy / log K), and with --flip or --scales
+<stem>_tta_variance.png (variance of the class probabilities across augmentations, summed over
+classes), all 16-bit PNGs of values in [0, 1].
 """
 
 from jaxseg import backend
@@ -29,6 +37,21 @@ flags.DEFINE_bool("overlay", False, "Also write <stem>_overlay.png for each imag
 flags.DEFINE_bool(
     "strict", False, "Stop at the first unreadable file (default: skip it, list it at the end)."
 )
+flags.DEFINE_enum(
+    "mode",
+    None,
+    ["whole_image", "sliding_window", "overlap_tile"],
+    "Inference mode; default: the run's config.eval.mode.",
+)
+flags.DEFINE_list("crop", None, "sliding_window: window height,width (px); default config.eval.")
+flags.DEFINE_list("stride", None, "sliding_window: step height,width (px); default config.eval.")
+flags.DEFINE_list("tile_in", None, "overlap_tile: input tile height,width; default config.eval.")
+flags.DEFINE_bool("flip", None, "Average with the mirrored image (--noflip: off); default config.")
+flags.DEFINE_list("scales", None, "Input scales to average, e.g. 0.75,1,1.25; default config.")
+flags.DEFINE_integer("batch_size_per_device", 1, "Images (whole_image) or tiles per device.")
+flags.DEFINE_integer("max_tile", 1024, "whole_image: larger sides run as sliding window; 0=off.")
+flags.DEFINE_enum("save_probs", "", ["", "npz", "png16"], "Also write class probabilities.")
+flags.DEFINE_bool("confidence", False, "Also write max-probability, entropy (and TTA variance).")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -39,8 +62,24 @@ def main(argv):
     backend.configure_jax_for_backend()
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
+    sizes = lambda v: None if v is None else [int(x) for x in v]
     paths = prediction.predict(
-        FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.checkpoint, FLAGS.overlay, FLAGS.strict
+        FLAGS.workdir,
+        FLAGS.input,
+        FLAGS.output,
+        FLAGS.checkpoint,
+        FLAGS.overlay,
+        strict=FLAGS.strict,
+        mode=FLAGS.mode,
+        crop=sizes(FLAGS.crop),
+        stride=sizes(FLAGS.stride),
+        tile_in=sizes(FLAGS.tile_in),
+        flip=FLAGS.flip,
+        scales=None if FLAGS.scales is None else [float(x) for x in FLAGS.scales],
+        batch_size_per_device=FLAGS.batch_size_per_device,
+        max_tile=FLAGS.max_tile,
+        save_probs=FLAGS.save_probs,
+        confidence=FLAGS.confidence,
     )
     print(f"wrote {len(paths)} masks to {FLAGS.output}")
 

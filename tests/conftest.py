@@ -12,3 +12,19 @@ os.environ["JAX_THREEFRY_PARTITIONABLE"] = "0"
 # TensorFlow is only the input pipeline; keep it quiet and off any accelerator.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One tiny trained run (configs/smoke.py, ~20 s) shared by every test that only reads it."""
+    from configs import smoke
+    from jaxseg import train_lib
+
+    config = smoke.get_config()
+    config.data.data_dir = str(tmp_path_factory.mktemp("smoke_tfds"))
+    workdir = tmp_path_factory.mktemp("smoke_run")
+    train_lib.train_and_evaluate(config, str(workdir))
+    return workdir

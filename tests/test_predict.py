@@ -1,6 +1,6 @@
 """predict: masks at each image's own size, equal to argmax of whole-image logits; clear errors.
 
-One smoke training run (in-process, ~30 s) is shared by the whole module.
+One smoke training run (in-process, ~30 s) is shared by the whole session (conftest.py).
 """
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxseg import checkpointing, inference, prediction, train_lib, visualize
+from jaxseg import checkpointing, inference, prediction, visualize
 from jaxseg.data import datasets
 from jaxseg.models import build_model
 
@@ -21,14 +21,8 @@ SIZES = {"a_32x32": (32, 32), "b_45x70": (45, 70), "c_64x40": (64, 40)}
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    from configs import smoke
-
-    config = smoke.get_config()
-    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    workdir = tmp_path_factory.mktemp("run")
-    train_lib.train_and_evaluate(config, str(workdir))
-    return workdir
+def workdir(smoke_run):
+    return smoke_run  # The session's one smoke run (tests/conftest.py).
 
 
 @pytest.fixture(scope="module")

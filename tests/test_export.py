@@ -1,0 +1,182 @@
+"""Exports (StableHLO, SavedModel) reloaded and run on validation images equal in-process
+inference; the symbolic-shape export runs at two batch sizes and two image sizes.
+
+Tolerances: logits within 1e-4 (absolute) + 1e-4 (relative) of `jaxseg.inference` (the export
+is a separately lowered program: XLA may fuse and order reductions differently); probabilities
+within 1e-5; labels equal wherever the top-two logits differ by more than 1e-4 (ties may flip).
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxseg import checkpointing, export, inference, prediction, tiled_inference
+from jaxseg.data import pipeline
+from jaxseg.models import MODELS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def predictor(smoke_run):
+    return prediction.load_predictor(str(smoke_run), "best")
+
+
+@pytest.fixture(scope="module")
+def validation_images(smoke_run):
+    """The validation split's images as the uint8 pixels a user would feed: [N, 32, 32, 3]."""
+    config = checkpointing.read_config(str(smoke_run))
+    batch = next(iter(pipeline.make_eval_iterator(config.data, global_batch_size=8)))
+    keep = np.flatnonzero(batch["valid"])
+    mean, std = np.asarray(config.data.mean), np.asarray(config.data.std)
+    pixels = (batch["image"][keep] * std + mean) * 255
+    # The pipeline normalised uint8 pixels: undoing it lands within float error of integers.
+    np.testing.assert_allclose(pixels, np.rint(pixels), atol=1e-3)
+    return np.rint(pixels).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stablehlo_dir(smoke_run, predictor, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "hlo"
+    export.export_run(str(smoke_run), str(out), "stablehlo", "best")
+    return out
+
+
+@pytest.fixture(scope="module")
+def savedmodel_dir(smoke_run, tmp_path_factory):
+    # The user's command, from the repo root, with a relative --output.
+    out = os.path.relpath(tmp_path_factory.mktemp("export") / "tf", REPO)
+    cmd = [sys.executable, "export.py", f"--workdir={smoke_run}", "--format=savedmodel"]
+    subprocess.run([*cmd, f"--output={out}"], cwd=REPO, check=True, capture_output=True)
+    return os.path.join(REPO, out)
+
+
+def _in_process(predictor, pixels: np.ndarray):
+    """(logits, probabilities) of uint8 images through jaxseg.inference, normalised by hand."""
+    x = (pixels.astype(np.float32) / 255 - predictor.mean) / predictor.std
+    fn = jax.jit(inference.whole_image_logits, static_argnums=0)
+    logits = np.asarray(fn(predictor.model, jax.device_get(predictor.variables), x))
+    return logits, tiled_inference.softmax(logits)
+
+
+def _assert_matches(out, predictor, pixels, min_clear=0.9):
+    logits, probs = _in_process(predictor, pixels)
+    got_logits = np.asarray(out["logits"])
+    assert got_logits.shape == logits.shape
+    np.testing.assert_allclose(got_logits, logits, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), probs, atol=1e-5)
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4
+    assert clear.mean() > min_clear
+    labels = np.asarray(out["labels"])
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels[clear], logits.argmax(-1)[clear])
+
+
+def test_stablehlo_round_trip_at_two_batch_sizes_and_image_sizes(
+    stablehlo_dir, predictor, validation_images
+):
+    """One symbolic export, run on the validation batch (8 x 32 x 32) and on 3 x 48 x 64."""
+    call, card = export.load_stablehlo(str(stablehlo_dir))
+    assert card["size_rule"] == {"kind": "multiple", "multiple": 4}  # smoke: U-Net depth 2
+    rng = np.random.default_rng(0)
+    big = np.kron(validation_images[:3], np.ones((1, 2, 2, 1), np.uint8))[:, :48, :64]
+    big = np.clip(big.astype(int) + rng.integers(-3, 4, big.shape), 0, 255).astype(np.uint8)
+    for images in (validation_images, big):
+        _assert_matches(call(images), predictor, images)
+
+
+def test_savedmodel_round_trip_equals_inference(savedmodel_dir, predictor, validation_images):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(savedmodel_dir).signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].dtype == tf.uint8
+    out = {k: v.numpy() for k, v in serve(images=tf.constant(validation_images)).items()}
+    _assert_matches(out, predictor, validation_images)
+
+
+def test_card_describes_inputs_and_source(stablehlo_dir, savedmodel_dir, smoke_run, predictor):
+    config = checkpointing.read_config(str(smoke_run))
+    for folder, fmt in ((stablehlo_dir, "stablehlo"), (savedmodel_dir, "savedmodel")):
+        card = json.loads((open(os.path.join(folder, "card.json"))).read())
+        assert card["format"] == fmt
+        assert card["classes"] == list(predictor.class_names) and len(card["palette"]) == 6
+        np.testing.assert_allclose(card["mean"], config.data.mean)
+        np.testing.assert_allclose(card["std"], config.data.std)
+        assert card["input"]["channels"] == 3 and card["input"]["dtype"] == "uint8"
+        assert card["source"]["step"] == predictor.step == 6
+        assert card["source"]["workdir"] == os.path.abspath(smoke_run)
+        assert card["jaxseg_version"] == "0.1.0"
+
+
+def test_size_rules_follow_each_models_constraints():
+    """Symbolic sides exactly where every layer traces with symbolic shapes (checked by
+    exporting each model abstractly at a small symbolic size)."""
+    import jax.numpy as jnp
+
+    cases = {
+        "unet_padded": {"depth": 3, "base_width": 2},
+        "unet_padded bilinear": {"depth": 3, "base_width": 2, "upsampling": "bilinear"},
+        "unet": {"depth": 2, "base_width": 2},
+        "fcn32s padded learnable": {"alignment": "padded", "learnable_upsampling": True},
+        "fcn32s padded": {"alignment": "padded"},
+    }
+    for name, fields in cases.items():
+        model = MODELS[name.split()[0]](num_classes=2, **fields)
+        m = export.symbolic_multiple(model)
+        rule = export.size_rule(model, (64, 64))
+        spec, _ = export.input_spec(rule, 3)
+        init = functools.partial(model.init, train=False)
+        variables = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        serve = export.serving_fn(model, (0.5,) * 3, (0.25,) * 3, rule)
+        exported = jax.export.export(jax.jit(serve))(variables, spec)
+        images = exported.in_avals[-1]  # in_avals: the variables' leaves, then the images
+        assert str(images.shape[0]) == "b"
+        if m is None:
+            assert rule["kind"] == "fixed" and images.shape[1:3] == (64, 64)
+            # The symbolic export of these models really fails; the rule is not conservative.
+            sym = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, 32*h, 32*w, 3"), jnp.uint8)
+            loose = export.serving_fn(model, (0.5,) * 3, (0.25,) * 3, {"kind": "multiple"})
+            with pytest.raises((TypeError, jax.errors.InconclusiveDimensionOperation)):
+                jax.export.export(jax.jit(loose))(variables, sym)
+        else:
+            assert str(images.shape[1]) == f"{m}*h"
+
+
+def test_export_refuses_a_non_empty_output(smoke_run, stablehlo_dir):
+    with pytest.raises(ValueError, match="not empty"):
+        export.export_run(str(smoke_run), str(stablehlo_dir), "stablehlo")
+
+
+def test_fixed_size_export_of_a_bilinear_unet_equals_inference(tmp_path):
+    """The fixed-size path (whole_image_logits inside: mirror padding to a multiple of 2**depth)
+    on a random-init bilinear U-Net at 30 x 42, a size that needs padding."""
+    import jax.numpy as jnp
+
+    model = MODELS["unet_padded"](num_classes=3, base_width=2, depth=2, upsampling="bilinear")
+    init = functools.partial(model.init, train=False)
+    variables = jax.jit(init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    stub = prediction.Predictor(
+        predict=None,
+        variables=variables,
+        mean=np.asarray([0.4, 0.5, 0.6], np.float32),
+        std=np.asarray([0.2, 0.25, 0.3], np.float32),
+        channels=3,
+        palette=(),
+        bucket=32,
+        step=0,
+        model=model,
+    )
+    rule = export.size_rule(model, (30, 42))
+    assert rule == {"kind": "fixed", "height": 30, "width": 42}
+    export.export_stablehlo(stub, rule, str(tmp_path))
+    exported = jax.export.deserialize(bytearray((tmp_path / export.STABLEHLO_FILE).read_bytes()))
+    images = np.random.default_rng(1).integers(0, 256, (2, 30, 42, 3), np.uint8)
+    # Random init: small logits, so fewer pixels have a clear winner than with a trained run.
+    _assert_matches(exported.call(images), stub, images, min_clear=0.5)
