@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxseg import checkpointing, inference, prediction, visualize
+from jaxseg import checkpointing, inference, prediction, train_lib, visualize
 from jaxseg.data import datasets
 from jaxseg.models import build_model
 
