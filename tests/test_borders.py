@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from configs.default import data_config
-from jaxseg import inference, prediction
+from jaxseg import inference, prediction, sharding, tiled_inference
 from jaxseg.data import transforms
 from jaxseg.models import build_model
 
@@ -34,25 +34,27 @@ def test_train_eval_and_predict_pad_alike_and_give_the_same_valid_logits():
     model = build_model({"name": "unet_padded", "num_classes": 3, "base_width": 4, "depth": 2})
     variables = model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32), train=False)
     logits_fn = jax.jit(lambda x: inference.whole_image_logits(model, variables, x))
-    seen = []
-
-    def spy(variables, x):  # predict.py's forward pass, recording what it is fed
-        seen.append(np.asarray(x))
-        return np.asarray(logits_fn(x)).argmax(-1)
-
+    mesh = sharding.make_mesh()
+    engine = tiled_inference.Engine.create(
+        model, variables, mesh, batch_size=tiled_inference.batch_size_for(mesh, 1)
+    )
     predictor = prediction.Predictor(
-        predict=spy,
-        variables=variables,
+        predict=engine.whole.fn,
+        variables=engine.whole.variables,
         mean=np.asarray(cfg.mean, np.float32),
         std=np.asarray(cfg.std, np.float32),
         channels=3,
         palette=((0, 0, 0), (1, 1, 1), (2, 2, 2)),
         bucket=prediction.BUCKET,
         step=0,
+        class_names=("a", "b", "c"),
+        model=model,
+        engine=engine,
     )
     labels = prediction.predict_image(predictor, pixels)
-    (predicted,) = seen
-    assert predicted.shape == (1, 64, 64, 3) == train[None].shape
+    # What predict.py feeds the model: the image normalised, then padded to its bucket.
+    normalised = (pixels - np.float32(cfg.mean)) / np.float32(cfg.std)
+    predicted = prediction.pad_to_bucket(normalised, prediction.BUCKET)[None]
     np.testing.assert_array_equal(train, evaluated)
     np.testing.assert_allclose(predicted[0], train, rtol=1e-6, atol=1e-6)
     assert (train[HEIGHT:] == 0).all() and (train[:, WIDTH:] == 0).all()
@@ -62,7 +64,6 @@ def test_train_eval_and_predict_pad_alike_and_give_the_same_valid_logits():
     np.testing.assert_array_equal(labels, logits[0].argmax(-1))
     # The rule matters: the old borders (black before normalisation; a mirror) change the logits
     # of the valid region near the band.
-    normalised = (pixels - np.float32(cfg.mean)) / np.float32(cfg.std)
     black = np.broadcast_to((0 - np.float32(cfg.mean)) / np.float32(cfg.std), (64, 64, 3)).copy()
     black[:HEIGHT, :WIDTH] = normalised
     mirrored = np.pad(normalised, ((0, 64 - HEIGHT), (0, 64 - WIDTH), (0, 0)), mode="reflect")
