@@ -30,6 +30,18 @@ import os
 import sys
 
 _CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+# jaxlib releases the flags were measured on. XLA aborts at start-up on an unknown flag, and
+# experimental flags come and go between releases, so other versions get none of them.
+_MEASURED_JAXLIB = ("0.10.",)
+
+
+def _jaxlib_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def configure_xla_flags() -> None:
@@ -40,6 +52,8 @@ def configure_xla_flags() -> None:
         return
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms and "cpu" not in platforms:
+        return
+    if not _jaxlib_version().startswith(_MEASURED_JAXLIB):
         return
     flags = os.environ.get("XLA_FLAGS", "")
     for flag in _CPU_FLAGS:
