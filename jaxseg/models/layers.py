@@ -255,10 +255,12 @@ def _shifted_matmul_conv_bwd(pads, res, g):
 
 _shifted_matmul_conv.defvjp(_shifted_matmul_conv_fwd, _shifted_matmul_conv_bwd)
 
-# Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution
-# (forward + backward, benchmarks/bench_ops.py --only conv): below it the [*, C] x [C, O] products
-# are too thin for the dot instructions to pay for the shifted copies.
-SHIFTED_MATMUL_MIN_CHANNELS = 128
+# Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution.
+# Measured on the AMX host of BENCHMARKS.md, in one process, alternating: the paper U-Net's bf16
+# gradient step at 128 px took 3.95 s with XLA's convs, 2.6 s with this at >= 128 channels and
+# 1.95 s at >= 64; single 16- and 32-channel convs ran 2-5x slower as matmuls (the thin
+# [*, C] x [C, O] products do not pay for the shifted copies). benchmarks/bench_ops.py times it.
+SHIFTED_MATMUL_MIN_CHANNELS = 64
 
 
 class ShiftedMatmulConv(nn.Module):
