@@ -12,6 +12,7 @@
 #   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
 #     MODELS_UNET=unet_default MODELS_FCN=none bash benchmarks/gpu_suite.sh
 #
+# Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL).
 # Writes one JSON line per measurement to $OUT and prints the Markdown table at the end. Target
 # (issue 16): the paper U-Net at 512 px reaches >= 50% of the bf16 matmul peak.
 set -euo pipefail
