@@ -54,6 +54,17 @@ def cases():
     yield "conv3x3 f32", _conv, conv_x, conv_w, F32
     yield "conv3x3 bf16 (lax)", _conv, conv_x, conv_w, BF16
     yield "conv3x3 bf16 (as f32 on bf16 values)", _upcast_conv, conv_x, conv_w, BF16
+    for c in (64, 128, 256):  # paper U-Net levels 0-2 at 256 px, batch 1
+        x_shape = (1, 256 * 64 // c, 256 * 64 // c, c)
+        yield (
+            f"conv3x3 {c}ch bf16 nn.Conv",
+            _module(nn.Conv(c, (3, 3), dtype=BF16)),
+            x_shape,
+            nn.Conv(c, (3, 3), dtype=BF16),
+            BF16,
+        )
+        shifted = layers.ShiftedMatmulConv(c, (3, 3), dtype=BF16)
+        yield f"conv3x3 {c}ch bf16 ShiftedMatmulConv", _module(shifted), x_shape, shifted, BF16
     mm_x, mm_w = (4096, 2048), (2048, 2048)
     yield "matmul f32", jnp.matmul, mm_x, mm_w, F32
     yield "matmul bf16 -> bf16", jnp.matmul, mm_x, mm_w, BF16

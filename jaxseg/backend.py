@@ -3,8 +3,9 @@
 XLA:CPU's experimental YNNPACK fusion of individual convolutions made conv backward passes
 ~2.5x slower than XLA's own emitter on a 2-core AVX-512 CPU under jax 0.10.2; excluding it
 (`-individual_convolution`) is the faster default there. The flag is experimental: it is only
-added for the jax versions we measured (pinned in pyproject.toml), only on CPU runs, and never
-when the user already set it. Set JAXSEG_NO_XLA_TUNING=1 to leave XLA_FLAGS untouched.
+added for the jaxlib releases we measured (`_MEASURED_JAXLIB`, checked at run time), only on
+CPU runs, and never when the user already set it. Set JAXSEG_NO_XLA_TUNING=1 to leave
+XLA_FLAGS untouched.
 
 On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
 compiles the partitionable threefry random-bit generator very slowly for small shapes (the
@@ -19,9 +20,15 @@ Left at jax's defaults, deliberately (measured in BENCHMARKS.md):
 - Matmul precision: jax's default, under which f32 convolutions and matmuls on recent NVIDIA
   GPUs run as TF32 (PyTorch's cuDNN convolutions do the same by default). Set
   `jax.config.update("jax_default_matmul_precision", "highest")` for full f32 products.
-- bfloat16 (`config.model.dtype`): on CPUs without native bf16 arithmetic (AVX2, no
-  AVX512-BF16/AMX) XLA runs bf16 convolutions at about f32 speed (it computes in f32), so bf16
-  saves memory but not time there; on GPUs/TPUs it is the fast path.
+- bfloat16 (`config.model.dtype`): XLA:CPU computes bf16 convolutions without the CPU's bf16
+  dot instructions (about f32 speed), so on CPU jaxseg's layers run bf16 convs and matmuls as
+  bf16 x bf16 -> f32 dot_generals (`jaxseg/models/layers.py:conv`), which use AVX512_BF16/AMX
+  where the CPU has them; on CPUs without them (AVX2 only) bf16 saves memory but not time. GPUs
+  and TPUs keep XLA's native convolutions, their fast path.
+- Other XLA:CPU options in jaxlib 0.10.2 (`xla_cpu_use_onednn`,
+  `xla_cpu_experimental_onednn_fusion_type`, `xla_cpu_experimental_xnn_fusion_type`, the
+  YNNPACK fusion types dot / eltwise / reduce / individual_dot) were not adopted: none is
+  measured here yet.
 """
 
 from __future__ import annotations
@@ -30,6 +37,18 @@ import os
 import sys
 
 _CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+# jaxlib releases the flags were measured on. XLA aborts at start-up on an unknown flag, and
+# experimental flags come and go between releases, so other versions get none of them.
+_MEASURED_JAXLIB = ("0.10.",)
+
+
+def _jaxlib_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def configure_xla_flags() -> None:
@@ -40,6 +59,8 @@ def configure_xla_flags() -> None:
         return
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms and "cpu" not in platforms:
+        return
+    if not _jaxlib_version().startswith(_MEASURED_JAXLIB):
         return
     flags = os.environ.get("XLA_FLAGS", "")
     for flag in _CPU_FLAGS:

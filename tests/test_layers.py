@@ -132,3 +132,126 @@ def test_center_crop_and_crop_errors():
     np.testing.assert_array_equal(layers.center_crop(x, 2, 4), x[:, 2:4, 2:6])
     with pytest.raises(ValueError, match="exceeds"):
         layers.crop(x, 5, 0, 2, 2)
+
+
+# bf16 tolerances: the bf16 paths round the float32 sum once, to bf16 (relative step 2**-8 =
+# 0.0039), like XLA's bf16 conv; the two differ only in summation order and, in the backward
+# pass, in where the bf16 cotangent is rounded. Outputs are O(1..10) here, so a few bf16 steps
+# of the largest value: rtol 2e-2 with atol scaled to the tensor's magnitude.
+def _assert_close_bf16(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    scale = np.max(np.abs(b))
+    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * scale)
+
+
+def _conv_pair_equal(fast, ref, x):
+    """fast and ref share parameters and agree in outputs and in gradients w.r.t. params and x,
+    exactly-ish in f32 and to bf16 rounding in bf16."""
+    bf16 = x.dtype == jnp.bfloat16
+    params = fast.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + _rand(p.shape, seed=2) * 0.1, params)
+    assert jax.tree.map(jnp.shape, ref.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    loss = lambda m: lambda p, x: jnp.sum(m.apply(p, x).astype(jnp.float32) * cot)
+    y_fast, y_ref = fast.apply(params, x), ref.apply(params, x)
+    assert y_fast.shape == y_ref.shape and y_fast.dtype == y_ref.dtype
+    cot = _rand(y_ref.shape, seed=3)
+    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    if bf16:
+        _assert_close_bf16(y_fast, y_ref)
+        jax.tree.map(_assert_close_bf16, g_fast, g_ref)
+    else:
+        np.testing.assert_allclose(y_fast, y_ref, atol=1e-4, rtol=1e-5)
+        close = lambda a, b: np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-5)
+        jax.tree.map(close, g_fast, g_ref)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "kernel, padding, use_bias",
+    [
+        ((3, 3), "SAME", False),  # U-Net (padded, BatchNorm)
+        ((3, 3), "VALID", True),  # the paper's U-Net
+        ((3, 3), ((2, 2), (2, 2)), True),  # VGG-style explicit padding, wider than the kernel
+        ((1, 1), "VALID", True),  # VGG's fc7
+        ((2, 3), ((0, 1), (2, 0)), True),  # asymmetric kernel and padding
+    ],
+)
+def test_shifted_matmul_conv_equals_conv(kernel, padding, use_bias, dtype, monkeypatch):
+    # Few channels keep the test fast; the threshold is lowered so the shifted matmuls run.
+    monkeypatch.setattr(layers, "SHIFTED_MATMUL_MIN_CHANNELS", 4)
+    x = _rand((2, 7, 9, 6)).astype(dtype)
+    fast = layers.ShiftedMatmulConv(5, kernel, padding, use_bias=use_bias, dtype=dtype)
+    ref = nn.Conv(5, kernel, padding=padding, use_bias=use_bias, dtype=dtype)
+    _conv_pair_equal(fast, ref, x)
+
+
+def test_shifted_matmul_conv_bf16_uses_f32_accumulating_dots_in_both_passes(monkeypatch):
+    """The point of the formulation: every product, forward and backward, is a bf16 x bf16
+    dot_general accumulating in float32, and no convolution is left in the step."""
+    monkeypatch.setattr(layers, "SHIFTED_MATMUL_MIN_CHANNELS", 4)
+    x = _rand((1, 6, 6, 8)).astype(jnp.bfloat16)
+    m = layers.ShiftedMatmulConv(4, (3, 3), dtype=jnp.bfloat16)
+    params = m.init(jax.random.key(0), x)
+    step = lambda p, x: jnp.sum(m.apply(p, x).astype(jnp.float32) ** 2)
+    hlo = jax.jit(jax.grad(step, argnums=(0, 1))).lower(params, x).as_text()
+    dots = [line for line in hlo.splitlines() if "stablehlo.dot_general" in line]
+    assert "convolution" not in hlo
+    assert len(dots) == 3 * 9  # forward, input gradient, kernel gradient: one per tap each
+    for line in dots:
+        assert line.rstrip().endswith("f32>"), line  # f32 result ...
+        assert line.count("bf16") == 2, line  # ... of two bf16 operands
+
+
+def test_wide_inputs_take_the_matmuls_and_narrow_ones_xla_conv():
+    m = layers.ShiftedMatmulConv(4, (3, 3), dtype=jnp.bfloat16)
+    for channels, expect_conv in ((layers.SHIFTED_MATMUL_MIN_CHANNELS, False), (3, True)):
+        x = jnp.ones((1, 4, 4, channels), jnp.bfloat16)
+        params = m.init(jax.random.key(0), x)
+        hlo = jax.jit(m.apply).lower(params, x).as_text()
+        assert ("convolution" in hlo) == expect_conv
+    # float32 always keeps XLA's convolution (its f32 conv beats f32 matmuls on CPU).
+    x = jnp.ones((1, 4, 4, layers.SHIFTED_MATMUL_MIN_CHANNELS))
+    m32 = layers.ShiftedMatmulConv(4, (3, 3))
+    assert "convolution" in jax.jit(m32.apply).lower(m32.init(jax.random.key(0), x), x).as_text()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_upconv_and_patch_matmul_conv_in_bf16(dtype):
+    x = _rand((2, 5, 6, 4)).astype(dtype)
+    _conv_pair_equal(
+        layers.UpConv2x2(3, dtype=dtype),
+        nn.ConvTranspose(3, (2, 2), strides=(2, 2), padding="VALID", dtype=dtype),
+        x,
+    )
+    x = _rand((2, 9, 10, 5)).astype(dtype)
+    _conv_pair_equal(
+        layers.PatchMatmulConv(6, (7, 7), dtype=dtype),
+        nn.Conv(6, (7, 7), padding="VALID", dtype=dtype),
+        x,
+    )
+
+
+def test_conv_factory_keeps_native_convs_off_cpu(monkeypatch):
+    kwargs = dict(padding="SAME", use_bias=False, kernel_init=nn.initializers.he_normal())
+    assert isinstance(layers.conv(8, (3, 3), **kwargs), layers.ShiftedMatmulConv)
+    for platform in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda platform=platform: platform)
+        made = layers.conv(8, (3, 3), dtype=jnp.bfloat16, **kwargs)
+        assert type(made) is nn.Conv
+        assert made.kernel_init is kwargs["kernel_init"] and made.dtype == jnp.bfloat16
+
+
+def test_bf16_matmul_products_are_f32_accumulated():
+    # 512 ones: a bf16 running sum stalls at 256 (256 + 1 rounds back to 256); f32 does not.
+    a = jnp.ones((2, 512), jnp.bfloat16)
+    b = jnp.ones((512, 3), jnp.bfloat16)
+    y = layers.matmul(a, b)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(y, np.float32), 512.0)
+    da, db = jax.grad(lambda a, b: jnp.sum(layers.matmul(a, b).astype(jnp.float32)), (0, 1))(a, b)
+    assert da.dtype == db.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(da, np.float32), 3.0)
+    np.testing.assert_array_equal(np.asarray(db, np.float32), 2.0)

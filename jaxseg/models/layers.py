@@ -5,10 +5,17 @@ XLA:CPU differentiates two common ops very slowly: `reduce_window` max-pooling (
 backward pass). The functions here compute the same mathematics with reshapes, strided slices and
 matmuls, whose gradients are cheap everywhere. `tests/test_layers.py` proves each one equal, in
 outputs and gradients, to the straightforward flax/lax formulation.
+
+bfloat16 on CPUs with bf16 dot instructions (AVX512_BF16 / AMX): XLA:CPU runs bf16 convolutions
+and bf16 -> bf16 matmuls without them, but a bf16 x bf16 `dot_general` with
+`preferred_element_type=float32` uses them (3-4x its f32 matmul on the AMX host of
+BENCHMARKS.md). `matmul` and `ShiftedMatmulConv` use that form in the forward pass and, through
+a custom VJP, in both backward products; `conv` picks them on the CPU backend only.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +50,47 @@ def max_pool_2x2(x: Array, *, ceil_mode: bool = False) -> Array:
     # A reshape + max over the window axes: its gradient is an elementwise select, not XLA's
     # slow select-and-scatter. Ties (rare for float activations) share the gradient equally.
     return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _bf16_dot(a: Array, b: Array, contract: int) -> Array:
+    """Contracts the last `contract` axes of a with the first of b, accumulating in float32."""
+    dims = ((tuple(range(a.ndim - contract, a.ndim)), tuple(range(contract))), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _bf16_matmul(a: Array, b: Array) -> Array:
+    return _bf16_dot(a, b, 1).astype(a.dtype)
+
+
+def _bf16_matmul_fwd(a, b):
+    return _bf16_matmul(a, b), (a, b)
+
+
+def _bf16_matmul_bwd(res, g):
+    # Autodiff would multiply the float32 product's cotangent by the bf16 operands in float32;
+    # rounding the cotangent to bf16 first (as PyTorch's autocast does) keeps both backward
+    # products on the bf16 dot instructions, still accumulating in float32.
+    a, b = res
+    g = g.astype(a.dtype)
+    da = _bf16_dot(g, b.T, 1).astype(a.dtype)
+    batch = tuple(range(a.ndim - 1))
+    db = jax.lax.dot_general(a, g, ((batch, batch), ((), ())), preferred_element_type=jnp.float32)
+    return da, db.astype(b.dtype)
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def matmul(a: Array, b: Array) -> Array:
+    """a: [..., K] @ b: [K, M] -> [..., M] in a's dtype; bf16 operands accumulate in float32.
+
+    Equals `a @ b` up to where the float32 sum is rounded (once, to bf16, at the end): XLA's bf16
+    matmul rounds the same way, but without the CPU's bf16 dot instructions.
+    """
+    if a.dtype == jnp.bfloat16 and b.dtype == jnp.bfloat16:
+        return _bf16_matmul(a, b)
+    return a @ b
 
 
 def depth_to_space_2x2(x: Array) -> Array:
@@ -87,8 +135,9 @@ class UpConv2x2(nn.Module):
         x, kernel, bias = _conv_params(self, x, (2, 2))
         # nn.ConvTranspose (transpose_kernel=False) writes x[h, w] * kernel[1 - i, 1 - j] to output
         # pixel (2h + i, 2w + j); flipping here keeps checkpoints interchangeable with it.
-        y = jnp.einsum("nhwc,ijcd->nhwijd", x, kernel[::-1, ::-1])
-        y = depth_to_space_2x2(y)
+        c_in, c_out = kernel.shape[2:]
+        w = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(c_in, 4 * c_out)
+        y = depth_to_space_2x2(matmul(x, w).reshape(*x.shape[:3], 2, 2, c_out))
         return y if bias is None else y + bias
 
 
@@ -131,8 +180,129 @@ class PatchMatmulConv(nn.Module):
             x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
         elif self.padding != "VALID":
             raise ValueError(f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
-        y = im2col(x, (kh, kw)) @ kernel.reshape(-1, self.features)
+        y = matmul(im2col(x, (kh, kw)), kernel.reshape(-1, self.features))
         return y if bias is None else y + bias
+
+
+Padding = str | tuple[tuple[int, int], tuple[int, int]]
+
+
+def _explicit_padding(padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """nn.Conv's stride-1 padding ("SAME": extra at the end, "VALID", or explicit) as pairs."""
+    if padding == "SAME":
+        return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size)
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _pad_hw(x: Array, pads) -> Array:
+    """Pads (or, for negative widths, crops) H and W of [N, H, W, C]."""
+    zero = jnp.zeros((), x.dtype)
+    return jax.lax.pad(x, zero, ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
+
+
+def _shifted_dots(xp: Array, kernel: Array) -> Array:
+    """Valid stride-1 correlation of xp [N, Hp, Wp, C] with kernel [kh, kw, C, O] as kh * kw
+    matmuls of shifted views, summed in float32: [N, Hp - kh + 1, Wp - kw + 1, O] float32."""
+    kh, kw = kernel.shape[:2]
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = _bf16_dot(xp[:, i : i + ho, j : j + wo, :], kernel[i, j], 1)
+            out = term if out is None else out + term
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shifted_matmul_conv(x: Array, kernel: Array, pads) -> Array:
+    return _shifted_dots(_pad_hw(x, pads), kernel).astype(x.dtype)
+
+
+def _shifted_matmul_conv_fwd(x, kernel, pads):
+    return _shifted_matmul_conv(x, kernel, pads), (x, kernel)
+
+
+def _shifted_matmul_conv_bwd(pads, res, g):
+    x, kernel = res
+    kh, kw = kernel.shape[:2]
+    g = g.astype(x.dtype)  # bf16 cotangent: both products below use the bf16 dot instructions
+    # Input gradient: the full correlation of g with the flipped, transposed kernel, cropped to
+    # the unpadded input (padding k - 1 - p; negative widths crop the conv's own padding).
+    back = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    dx = _shifted_dots(_pad_hw(g, back), flipped).astype(x.dtype)
+    # Kernel gradient: one [C, N*H*W] x [N*H*W, O] product per tap.
+    xp = _pad_hw(x, pads)
+    ho, wo = g.shape[1:3]
+    batch = (0, 1, 2)
+    taps = [
+        jax.lax.dot_general(
+            xp[:, i : i + ho, j : j + wo, :],
+            g,
+            ((batch, batch), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+    return dx, dkernel
+
+
+_shifted_matmul_conv.defvjp(_shifted_matmul_conv_fwd, _shifted_matmul_conv_bwd)
+
+# Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution.
+# Measured on the AMX host of BENCHMARKS.md, in one process, alternating: the paper U-Net's bf16
+# gradient step at 128 px took 3.95 s with XLA's convs, 2.6 s with this at >= 128 channels and
+# 1.95 s at >= 64; single 16- and 32-channel convs ran 2-5x slower as matmuls (the thin
+# [*, C] x [C, O] products do not pay for the shifted copies). benchmarks/bench_ops.py times it.
+SHIFTED_MATMUL_MIN_CHANNELS = 64
+
+
+class ShiftedMatmulConv(nn.Module):
+    """A stride-1 conv as kh * kw bf16 matmuls of shifted views, accumulated in float32.
+
+    For bf16 on CPUs with bf16 dot instructions (see the module docstring); other dtypes, and
+    inputs with fewer than SHIFTED_MATMUL_MIN_CHANNELS channels, run XLA's convolution. The
+    parameters are `nn.Conv(features, kernel_size, padding=padding)`'s (kernel
+    [kh, kw, C_in, features], bias [features]), so checkpoints and weight transplants do not
+    depend on which op runs.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [N, H, W, C_in] -> [N, H', W', features] (H' as nn.Conv's, stride 1)."""
+        kernel_size = tuple(self.kernel_size)
+        x, kernel, bias = _conv_params(self, x, kernel_size)
+        pads = _explicit_padding(self.padding, kernel_size)
+        if x.dtype == jnp.bfloat16 and x.shape[-1] >= SHIFTED_MATMUL_MIN_CHANNELS:
+            y = _shifted_matmul_conv(x, kernel, pads)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return y if bias is None else y + bias
+
+
+def conv(features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Module:
+    """The stride-1 conv layer for this backend: `nn.Conv(features, kernel_size, **kwargs)` on
+    accelerators (XLA's native convolutions are their fast path) and `ShiftedMatmulConv` (same
+    parameters, same outputs) on CPU, where bf16 convs are faster as bf16 matmuls."""
+    if jax.default_backend() == "cpu":
+        return ShiftedMatmulConv(features, tuple(kernel_size), **kwargs)
+    return nn.Conv(features, kernel_size, **kwargs)
 
 
 def bilinear_kernel_1d(size: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.layers import UpConv2x2, bilinear_resize_2x, center_crop, max_pool_2x2
+from jaxseg.models.layers import UpConv2x2, bilinear_resize_2x, center_crop, conv, max_pool_2x2
 
 PADDINGS = ("VALID", "SAME")
 UPSAMPLINGS = ("transpose", "bilinear")
@@ -106,7 +106,7 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         for i in (1, 2):
-            x = nn.Conv(
+            x = conv(
                 self.features,
                 (3, 3),
                 padding=self.padding,

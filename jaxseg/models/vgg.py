@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.layers import PatchMatmulConv, max_pool_2x2
+from jaxseg.models.layers import PatchMatmulConv, conv, max_pool_2x2
 
 # (number of convs, channels) per block, VGG16's configuration "D".
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -50,7 +50,7 @@ class VGG16(nn.Module):
         for block, (num_convs, channels) in enumerate(VGG16_BLOCKS, start=1):
             for i in range(1, num_convs + 1):
                 pad = self.first_conv_padding if (block, i) == (1, 1) else 1
-                x = nn.Conv(
+                x = conv(
                     channels,
                     (3, 3),
                     padding=((pad, pad), (pad, pad)),
@@ -64,7 +64,7 @@ class VGG16(nn.Module):
         # much faster gradient on XLA:CPU (tests/test_layers.py proves them equal).
         x = PatchMatmulConv(4096, (7, 7), self.fc6_padding, dtype=self.dtype, name="fc6")(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
-        x = nn.Conv(4096, (1, 1), dtype=self.dtype, name="fc7")(x)
+        x = conv(4096, (1, 1), dtype=self.dtype, name="fc7")(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
         features["fc7"] = x
         if self.include_fc8:

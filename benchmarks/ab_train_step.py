@@ -1,0 +1,90 @@
+r"""One preset's train step in f32, bf16 (shifted matmuls) and bf16 (XLA convs), alternating.
+
+  python benchmarks/ab_train_step.py unet_paper 128 2 5   # model size batch rounds
+
+The three jitted `train_lib.train_step` programs are compiled in one process and called in turn,
+`rounds` times, so all three see the same background load (on a shared VM, separate processes
+minutes apart do not). Prints the median, min and max step time and the speed relative to f32.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxseg import backend  # noqa: E402
+
+backend.configure_xla_flags()
+
+import functools  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import presets  # noqa: E402
+from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
+from jaxseg.models import build_model, layers  # noqa: E402
+
+# (label, model dtype, SHIFTED_MATMUL_MIN_CHANNELS): a huge threshold restores XLA's convs.
+PROGRAMS = (
+    ("f32", "float32", layers.SHIFTED_MATMUL_MIN_CHANNELS),
+    ("bf16 shifted matmuls", "bfloat16", layers.SHIFTED_MATMUL_MIN_CHANNELS),
+    ("bf16 XLA convs", "bfloat16", 10**9),
+)
+
+
+def compiled_step(name: str, size: int, batch: int, dtype: str):
+    """(compiled train step, state, batch, FLOPs per step) for a preset at size x size."""
+    config = presets.load(name)
+    config.batch_size, config.data.crop_size, config.model.dtype = batch, (size, size), dtype
+    model = build_model(config.model)
+    tx = optim.make_optimizer(config.optim, config.total_steps)
+    mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
+    init = functools.partial(
+        train_lib.init_state, model=model, tx=tx, input_shape=(1, size, size, 3)
+    )
+    shardings = sharding.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    step = train_lib.make_train_step(config, model, tx, mesh, shardings)
+    rng = np.random.default_rng(0)
+    data = {
+        "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+        "label": rng.integers(0, config.model.num_classes, (batch, size, size)).astype(np.int32),
+    }
+    data = jax.device_put(data, sharding.batch_sharding(mesh))
+    traced = step.trace(state, data)
+    return traced.lower().compile(), state, data, flops.jaxpr_flops(traced.jaxpr)
+
+
+def main():
+    backend.configure_jax_for_backend()
+    name, size, batch, rounds = sys.argv[1], *map(int, sys.argv[2:5])
+    runs = {}
+    for label, dtype, threshold in PROGRAMS:
+        layers.SHIFTED_MATMUL_MIN_CHANNELS = threshold  # read when the step is traced
+        compiled, state, data, step_flops = compiled_step(name, size, batch, dtype)
+        state, metrics = compiled(state, data)  # warm-up
+        jax.block_until_ready(metrics)
+        runs[label] = {"fn": compiled, "state": state, "data": data, "flops": step_flops}
+        runs[label]["times"] = []
+    for _ in range(rounds):
+        for run in runs.values():
+            t0 = time.perf_counter()
+            run["state"], metrics = run["fn"](run["state"], run["data"])
+            jax.block_until_ready(metrics)
+            run["times"].append(time.perf_counter() - t0)
+    f32_min = min(runs["f32"]["times"])
+    for label, run in runs.items():
+        times = sorted(run["times"])
+        med = times[len(times) // 2]
+        print(
+            f"{name} {size}px b{batch} {label:22s} step median {med:7.3f} s "
+            f"(min {times[0]:.3f}, max {times[-1]:.3f}), {run['flops'] / med / 1e9:5.1f} GFLOP/s "
+            f"at the median; min vs f32's min {f32_min / times[0]:.2f}x",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# GPU readiness check: on a machine with an NVIDIA driver and nothing else, install jaxseg from
+# this checkout and print the side-by-side table (JAX vs PyTorch eager, channels_last, bf16
+# autocast) for the paper U-Net and FCN-8s at 512 px, with each run's share ("MFU") of the GPU's
+# bf16 matmul peak as measured in the same run. Budget: under 10 minutes on one GPU.
+#
+#   bash benchmarks/gpu_suite.sh                  # from the repository root or anywhere
+#
+# Environment knobs (defaults are the issue's table): VENV (.venv-gpu), SIZE (512), UNET_BATCH (8),
+# FCN_BATCH (8), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
+# (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU):
+#   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
+#     MODELS_UNET=unet_default MODELS_FCN=none bash benchmarks/gpu_suite.sh
+#
+# Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL).
+# Writes one JSON line per measurement to $OUT and prints the Markdown table at the end. Target
+# (issue 16): the paper U-Net at 512 px reaches >= 50% of the bf16 matmul peak.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${VENV:-.venv-gpu}"
+SIZE="${SIZE:-512}"
+UNET_BATCH="${UNET_BATCH:-8}"
+FCN_BATCH="${FCN_BATCH:-8}"
+REPEATS="${REPEATS:-5}"
+RUN_TIMEOUT="${RUN_TIMEOUT:-240}"
+OUT="${OUT:-runs/gpu_suite.jsonl}"
+MODELS_UNET="${MODELS_UNET:-unet_paper}"
+MODELS_FCN="${MODELS_FCN:-fcn8s}"
+start=$(date +%s)
+say() { echo "[gpu_suite +$(($(date +%s) - start))s] $*"; }
+
+if [[ -z "${ALLOW_CPU:-}" ]]; then
+  command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: no NVIDIA driver" >&2; exit 1; }
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+fi
+
+if [[ -z "${SKIP_INSTALL:-}" ]]; then
+  say "installing jaxseg[cuda12,bench] into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  # The project's own pins: jax[cuda12] and the [bench] torch (PyPI's default CUDA build).
+  "$VENV/bin/pip" install -q -e ".[cuda12,bench]"
+  PYTHON="$VENV/bin/python"
+fi
+PYTHON="${PYTHON:-$VENV/bin/python}"
+
+say "checking both frameworks see the GPU"
+"$PYTHON" - <<'EOF'
+import os
+
+import jax
+import torch
+
+allow_cpu = bool(os.environ.get("ALLOW_CPU"))
+print("jax", jax.__version__, jax.devices())
+print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+if not allow_cpu:
+    assert jax.default_backend() == "gpu", f"jax runs on {jax.default_backend()}, not the GPU"
+    assert torch.cuda.is_available(), "torch does not see the GPU (driver too old for its CUDA?)"
+EOF
+
+say "bf16 matmul peak (bf16 inputs, f32 accumulation; the table's MFU denominator)"
+"$PYTHON" - <<'EOF'
+import sys
+
+sys.path.insert(0, ".")
+from benchmarks import common
+
+for dtype in ("bfloat16", "float32"):
+    print(f"jax {dtype} matmul peak: {common.jax_matmul_peak(dtype):.0f} GFLOP/s", flush=True)
+EOF
+
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
+run_table() {  # model, batch
+  [[ "$1" == none ]] && return 0
+  say "side by side: $1 ${SIZE}px batch $2 bf16"
+  "$PYTHON" benchmarks/side_by_side.py --models "$1" --sizes "$SIZE" --batch "$2" \
+    --dtypes bfloat16 --torch-modes eager --repeats "$REPEATS" --timeout "$RUN_TIMEOUT" \
+    --out "$OUT"
+}
+run_table "$MODELS_UNET" "$UNET_BATCH"
+run_table "$MODELS_FCN" "$FCN_BATCH"
+
+say "table of $OUT"
+"$PYTHON" benchmarks/side_by_side.py --table "$OUT"
+say "done"
