@@ -301,6 +301,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = _initial_weights(config, jit_init(jax.random.key(config.seed)), abstract)
     checkpointing.write_config(workdir, config)
     start_step = int(jax.device_get(state.step))
+    from jaxseg import run_info  # Provenance: config, versions, commit, devices, batch.
+
+    run_info.record(workdir, config, mesh, abstract.params, start_step)
 
     p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
     batch_sharding = sharding.batch_sharding(mesh)
