@@ -379,7 +379,8 @@ def _base_path(plan_: Plan) -> str:
     return base if os.path.isabs(base) else os.path.join(REPO_ROOT, base)
 
 
-def print_commands(plan_: Plan, out: TextIO = sys.stdout) -> None:
+def print_commands(plan_: Plan, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     for run in plan_.runs:
         out.write(shlex.join(train_command(plan_, run)) + "\n")
 
@@ -557,13 +558,14 @@ def child_env(plan_: Plan) -> dict[str, str]:
     return env
 
 
-def run_sweep(plan_: Plan, *, out: TextIO = sys.stdout, poll_s: float = 2.0) -> int:
+def run_sweep(plan_: Plan, *, out: TextIO | None = None, poll_s: float = 2.0) -> int:
     """Runs every unfinished run of `plan_` in order, one train.py subprocess at a time.
 
     Returns 0 when every run is finished, 1 if any run failed (the others still ran), or
     128 + signal number when stopped by SIGINT / SIGTERM (rerun the same command to continue).
     Results are rewritten after each run finishes.
     """
+    out = out or sys.stdout
     os.makedirs(plan_.workdir, exist_ok=True)
     runs, n = plan_.runs, len(plan_.runs)
     seconds_per_step: dict[str, list[float]] = {}
@@ -574,6 +576,9 @@ def run_sweep(plan_: Plan, *, out: TextIO = sys.stdout, poll_s: float = 2.0) -> 
     with _Stopper() as stopper:
         for i, run in enumerate(runs, start=1):
             head = f"[{i}/{n}] {run.variant} seed {run.seed}"
+            if stopper.signum:  # Signalled between runs (e.g. while writing results).
+                out.write(f"{head}: not started (stopped); rerun the command to continue\n")
+                return 128 + stopper.signum
             state = run_state(run)
             if state.finished:
                 out.write(f"{head}: finished earlier ({state.step} steps), skipped\n")
@@ -639,6 +644,8 @@ def _run_child(plan_, run, env, stopper, out, head, tty, poll_s) -> int:
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     stopper.child = child
+    if stopper.signum:  # The signal came while the child was being started.
+        child.send_signal(signal.SIGTERM)
     try:
         while True:
             try:
