@@ -215,6 +215,7 @@ def plan(
     overrides: Sequence[str] = (),
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    sweep: Sweep | None = None,
 ) -> Plan:
     """Loads and validates a sweep; returns every run, in run order. Nothing is run or written.
 
@@ -224,12 +225,13 @@ def plan(
       overrides: `--config.<key>=<value>` texts applied to every run (e.g. another data set).
       variants: run only these variants (names from the file), in the file's order.
       seeds: replaces the file's seeds.
+      sweep: use this Sweep instead of the file's get_sweep() (`sweep_file` still names it).
 
     Raises:
       SweepError naming the sweep file, variant and key of any override the base config
       rejects, and any run directory whose config.json disagrees with the sweep.
     """
-    sweep = load_sweep(sweep_file)
+    sweep = sweep or load_sweep(sweep_file)
     base = sweep.base if os.path.isabs(sweep.base) else os.path.join(REPO_ROOT, sweep.base)
     if not os.path.isfile(base):
         raise SweepError(f"{sweep_file}: base config {sweep.base} does not exist")
@@ -279,8 +281,14 @@ def _make_run(sweep_file, sweep, base, workdir, variant, seed, cli, names) -> Ru
     items = [(k, v, False) for k, v in sweep.common.items()]
     items += [(k, v, True) for k, v in cli]
     items += [(k, v, False) for k, v in sweep.variants[variant].items()]
-    flags, expected, depends_on = [], {}, []
+    # One flag per key, the last setting winning: absl accumulates repeated tuple-valued
+    # --config flags ((64, 64) then (148, 148) would give (64, 64, 148, 148)).
+    merged = {}
     for key, value, is_text in items:
+        merged.pop(key, None)
+        merged[key] = (value, is_text)
+    flags, expected, depends_on = [], {}, []
+    for key, (value, is_text) in merged.items():
         if isinstance(value, RunDir):
             if value.variant not in names or names.index(value.variant) >= names.index(variant):
                 raise SweepError(

@@ -16,18 +16,19 @@ def get_sweep():
     return Sweep(
         base="configs/unet_isbi.py",
         description="U-Net ablations (Ronneberger et al. 2015) on ISBI 2012, the paper's recipe.",
+        # The paper's eq. 2 border weights (config key from issue 12) in every variant but one.
+        common={"data.weight_map": True},
         variants={
-            "paper": {"data.weight_map": True},
+            "paper": {},
             "no_weight_map": {"data.weight_map": False},
-            "no_elastic": {"data.weight_map": True, "data.elastic": False},
+            "no_elastic": {"data.elastic": False},
             "padded": {
-                "data.weight_map": True,
                 "model.name": "unet_padded",
                 "data.crop_size": (512, 512),  # A multiple of 2**depth, as padded nets need.
                 "eval.mode": "whole_image",
             },
-            "bilinear": {"data.weight_map": True, "model.upsampling": "bilinear"},
-            "batchnorm": {"data.weight_map": True, "model.use_batchnorm": True},
+            "bilinear": {"model.upsampling": "bilinear"},
+            "batchnorm": {"model.use_batchnorm": True},
         },
         seeds=(0, 1),
     )
