@@ -100,6 +100,7 @@ class Run:
     flags: list[str]  # --config.* overrides, in order.
     config: ml_collections.ConfigDict
     depends_on: list[str]  # Names of runs this one initialises from.
+    own_flags: list[str] = dataclasses.field(default_factory=list)  # The variant's own flags.
 
 
 @dataclasses.dataclass
@@ -305,6 +306,7 @@ def _make_run(sweep_file, sweep, base, workdir, variant, seed, cli, names) -> Ru
         if not is_text:
             expected[key] = value
     flags.append(f"--config.seed={seed}")
+    own = [f for f in flags if f.split("=")[0].removeprefix("--config.") in sweep.variants[variant]]
     try:
         config = load_config(os.path.join(REPO_ROOT, base), flags)
     except Exception as e:  # absl / ml_collections parse and type errors.
@@ -325,6 +327,7 @@ def _make_run(sweep_file, sweep, base, workdir, variant, seed, cli, names) -> Ru
         flags=flags,
         config=config,
         depends_on=depends_on,
+        own_flags=own,
     )
 
 
@@ -349,7 +352,8 @@ def _check_existing(runs: list[Run]) -> None:
             shown = ", ".join(diff[:5]) + (" ..." if len(diff) > 5 else "")
             raise SweepError(
                 f"{path} differs from the sweep's config for {run.name} in: {shown}. The sweep "
-                "file changed since that run started: move that directory away, or undo the change"
+                "file or its command-line overrides changed since that run started: move that "
+                "directory away, or undo the change"
             )
 
 
@@ -920,11 +924,12 @@ def _markdown(plan_: Plan, rows: list[dict], classes: list[str]) -> str:
         for row in rows:
             cells = [_pm(row[f"iou_{c}_mean"], row[f"iou_{c}_std"], ".3f") for c in classes]
             out.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
-    out += ["", "Variants:", ""]
+    first = plan_.runs[0]
+    common = [f for f in first.flags if f not in first.own_flags and "--config.seed=" not in f]
+    out += ["", f"Every run: `{' '.join(common) or '(the base config)'}`", "", "Variants:", ""]
     for variant in plan_.variants:
         run = next(r for r in plan_.runs if r.variant == variant)
-        flags = [f for f in run.flags if not f.startswith("--config.seed=")]
-        out.append(f"- `{variant}`: `{' '.join(flags) or '(base config)'}`")
+        out.append(f"- `{variant}`: `{' '.join(run.own_flags) or '(no further change)'}`")
     return "\n".join(out) + "\n"
 
 

@@ -3,14 +3,16 @@ r"""The FCN paper's ablations on the embedded synthetic scenes, shrunk to run on
   python sweep.py --sweep configs/sweeps/fcn_ablations.py --workdir runs/fcn_ablations
 
 Three comparisons of Long et al. (2015) in one sweep (base configs/fcn_scenes.py: VGG16 FCN,
-padded alignment, 32 px crops, 30 steps a stage, from random init):
+padded alignment, 32 px crops, 10 steps a stage, from random init):
 - skip layers (the paper's Table 2): fcn32s -> fcn16s -> fcn8s, each stage initialised from the
   previous one's run of the same seed, as the paper trains them ("staged");
-- staged vs at-once: fcn8s (staged, 3 x 30 steps in all) vs fcn8s_at_once (pool4 x 0.01,
-  pool3 x 1e-4, trained in one go for the same 90 steps);
+- staged vs at-once: fcn8s (staged, 3 x 10 steps in all) vs fcn8s_at_once (pool4 x 0.01,
+  pool3 x 1e-4, trained in one go for the same 30 steps);
 - frozen vs learned bilinear up-sampling: fcn32s vs fcn32s_learned_upsampling.
-On a CPU the VGG16 trunk from scratch learns little in this budget: read RESULTS.md for what
-this run can and cannot tell. The paper's setting is configs/sweeps/fcn_ablations_voc.py.
+For a longer CPU run, `--config.*` on the command line changes every variant (e.g.
+`--config.optim.learning_rate=3e-4`); step counts live here and in configs/fcn_scenes.py. On a
+CPU the VGG16 trunk from scratch learns next to nothing in this budget: RESULTS.md says what
+the run can and cannot tell. The paper's setting is configs/sweeps/fcn_ablations_voc.py.
 """
 
 from jaxseg.sweeps import Sweep, run_dir
@@ -30,9 +32,9 @@ def get_sweep():
             "fcn8s_at_once": {
                 "model.name": "fcn8s",
                 "model.at_once": True,
-                "total_steps": 90,  # The staged chain's 3 x 30 steps.
-                "checkpoint_every_steps": 90,
-                "eval_every_steps": 30,
+                "total_steps": 30,  # The staged chain's 3 x 10 steps.
+                "checkpoint_every_steps": 30,
+                "eval_every_steps": 15,
             },
             "fcn32s_learned_upsampling": {"model.learnable_upsampling": True},
         },
