@@ -871,7 +871,7 @@ def within_noise(a: dict, b: dict, key: str = "mean_iou") -> bool | None:
     if na < 2 or nb < 2:
         return None
     se = math.sqrt(a[f"{key}_std"] ** 2 / na + b[f"{key}_std"] ** 2 / nb)
-    return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) < 2 * se
+    return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) <= 2 * se  # <=: identical results too.
 
 
 def _markdown(plan_: Plan, rows: list[dict], classes: list[str]) -> str:
