@@ -291,6 +291,10 @@ def _make_run(sweep_file, sweep, base, workdir, variant, seed, cli, names) -> Ru
     flags, expected, depends_on = [], {}, []
     for key, (value, is_text) in merged.items():
         if isinstance(value, RunDir):
+            if value.variant in sweep.variants and value.variant not in names:
+                raise SweepError(
+                    f'{where} starts from variant "{value.variant}" (run_dir): select it too'
+                )
             if value.variant not in names or names.index(value.variant) >= names.index(variant):
                 raise SweepError(
                     f'{where}: {key}=run_dir("{value.variant}") must name a variant that runs '
