@@ -25,7 +25,16 @@ import numpy as np
 import optax
 import tqdm
 
-from jaxseg import checkpointing, evaluation, losses, metric_writers, metrics, optim, sharding
+from jaxseg import (
+    checkpointing,
+    evaluation,
+    losses,
+    metric_writers,
+    metrics,
+    optim,
+    run_info,
+    sharding,
+)
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model, input_context
@@ -388,6 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         config = _recorded_data_config(config)
         checkpointing.write_config(workdir, config)
+        # Provenance of this invocation: config, versions, commit, devices, global batch.
+        run_info.record(workdir, config, mesh, abstract.params, start_step)
         evaluator = evaluation.Evaluator(config, model, mesh, spec)
         # Records past start_step came from steps this resumed run repeats: dropped.
         writer = metric_writers.MetricWriter(workdir, resume_step=start_step)
