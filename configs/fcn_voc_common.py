@@ -33,6 +33,10 @@ def fcn_config(variant: str, *, normalized_loss: bool = False) -> ml_collections
     config.model.learnable_upsampling = False
     config.model.at_once = False  # True: the "at-once" FCN-8s (pool4 x 0.01, pool3 x 1e-4).
     config.model.dropout_rate = 0.5
+    # Not the synthetic-scenes recipe's loss and evaluation (configs/default.py).
+    config.loss.class_weights = ()
+    config.loss.dice_weight = 0.0
+    config.eval.flip = False
     config.model.dtype = "float32"
 
     config.loss.normalize = normalized_loss

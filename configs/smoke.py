@@ -19,6 +19,10 @@ def get_config():
     config.model.base_width = 4
     config.model.depth = 2
     config.model.dropout_rate = 0.0
+    # Not the synthetic-scenes recipe's loss and evaluation (configs/default.py).
+    config.loss.class_weights = ()
+    config.loss.dice_weight = 0.0
+    config.eval.flip = False
     config.optim.learning_rate = 3e-3
     config.optim.warmup_steps = 0
     config.data.synthetic.image_size = 32

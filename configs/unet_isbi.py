@@ -54,6 +54,8 @@ def get_config():
     config.model.dropout_rate = 0.5
 
     config.loss.class_weights = ()  # w_c is part of the weight map (data.weight_map).
+    config.loss.dice_weight = 0.0  # The paper's loss: weighted cross-entropy only.
+    config.eval.flip = False
 
     o = config.optim
     o.optimizer = "sgd"

@@ -24,6 +24,10 @@ def get_config():
     config.model.base_width = 32
     config.model.depth = 4
     config.model.dropout_rate = 0.1
+    # Not the synthetic-scenes recipe's loss and evaluation (configs/default.py).
+    config.loss.class_weights = ()
+    config.loss.dice_weight = 0.0
+    config.eval.flip = False
 
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 500

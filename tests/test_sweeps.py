@@ -29,7 +29,6 @@ import pytest
 from PIL import Image
 from test_train_e2e import child_env, shared_dir
 
-from configs import default
 from jaxseg import run_info, sweeps
 from jaxseg.models import build_model
 
@@ -39,7 +38,6 @@ RUN_NAMES = ["transpose-seed0", "bilinear-seed0", "transpose-seed1", "bilinear-s
 METRICS = sweeps.METRICS
 SWEEP_TIMEOUT_S = 600
 SWEEP_FILES = sorted((REPO / "configs" / "sweeps").glob("*.py"))
-HAS_WEIGHT_MAP = "weight_map" in default.get_config().data
 
 
 def _write_sweep(path: Path, variants: dict, base: str = "configs/smoke.py") -> str:
@@ -163,27 +161,12 @@ def test_slurm_script_is_valid_bash_and_runs_the_right_command_per_task(tmp_path
     assert len(calls) == 2
 
 
-WEIGHT_MAP_REASON = (
-    "config key data.weight_map (the U-Net border weight map) is added by issue 12 on another "
-    "branch; this variant needs it and plans once that is merged"
-)
-
-
 def _shipped_variants() -> list:
     return [
         pytest.param(path.name, variant, id=f"{path.name}:{variant}")
         for path in SWEEP_FILES
         for variant in sweeps.load_sweep(str(path)).variants
     ]
-
-
-def _without_weight_map(sweep: sweeps.Sweep) -> sweeps.Sweep:
-    drop = lambda overrides: {k: v for k, v in overrides.items() if k != "data.weight_map"}
-    return dataclasses.replace(
-        sweep,
-        common=drop(sweep.common),
-        variants={name: drop(o) for name, o in sweep.variants.items()},
-    )
 
 
 @pytest.mark.parametrize(("file", "variant"), _shipped_variants())
@@ -198,14 +181,6 @@ def test_every_shipped_sweep_variant_plans_and_builds(file, variant, tmp_path):
                 needed.add(value.variant)
                 todo.append(value.variant)
     overrides = {**sweep.common, **sweep.variants[variant]}
-    if "data.weight_map" in overrides and not HAS_WEIGHT_MAP:
-        # Fails for exactly that key, and everything else the variant sets is valid.
-        with pytest.raises(sweeps.SweepError, match="data.weight_map"):
-            sweeps.plan(path, str(tmp_path), variants=sorted(needed))
-        sweep = _without_weight_map(sweep)
-        overrides.pop("data.weight_map")
-        sweeps.plan(path, str(tmp_path), variants=sorted(needed), sweep=sweep)
-        pytest.xfail(WEIGHT_MAP_REASON)
     plan = sweeps.plan(path, str(tmp_path), variants=sorted(needed), sweep=sweep)
     assert len(sweep.seeds) >= 2
     for run in plan.runs:
