@@ -400,7 +400,9 @@ def _read_scalars(folder: Path) -> dict[tuple[str, int], float]:
     for path in files:
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for value in event.summary.value:
-                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim == 0:  # Scalars only; the eval split also has the prediction grid.
+                    scalars[(value.tag, event.step)] = float(array)
     return scalars
 
 
