@@ -191,7 +191,7 @@ class Evaluator:
         images = np.clip((batch["image"][keep] * std + mean) * 255, 0, 255).astype(np.uint8)
         return list(images), list(batch["label"][keep]), list(preds[keep])
 
-    def prediction_grid(self, state, num_examples: int = 4):
+    def prediction_grid(self, state, num_examples: int = 8):
         """The report's prediction grid of the first `num_examples` examples, as uint8 [H, W, 3]
         (a TensorBoard image summary at every evaluation)."""
         from jaxseg import visualize  # matplotlib: only for reports
