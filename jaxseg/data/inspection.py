@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from jaxseg.data import pipeline
+from jaxseg.data.datasets import IGNORE_ID
 
-IGNORE_ID = 255
 _RAW_BINS = 257  # label values 0..255, and one bin for anything larger (16-bit masks)
 
 
