@@ -28,3 +28,15 @@ def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke_run")
     train_lib.train_and_evaluate(config, str(workdir))
     return workdir
+
+
+def write_blob_images(folder, sizes: dict) -> None:
+    """Writes `<stem>.png` RGB images of smooth random blobs, {stem: (height, width)}: smooth
+    rather than noise, so a model's argmax is not dominated by near-ties."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for stem, (h, w) in sizes.items():
+        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), np.uint8)
+        Image.fromarray(base).resize((w, h), Image.BILINEAR).save(folder / f"{stem}.png")

@@ -10,6 +10,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import write_blob_images
 from PIL import Image
 
 from jaxseg import checkpointing, inference, prediction, train_lib, visualize
@@ -33,11 +34,7 @@ def predictor(workdir):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for stem, (h, w) in SIZES.items():
-        # Smooth blobs rather than noise, so the model's argmax is not dominated by near-ties.
-        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), np.uint8)
-        Image.fromarray(base).resize((w, h), Image.BILINEAR).save(folder / f"{stem}.png")
+    write_blob_images(folder, SIZES)
     (folder / "notes.txt").write_text("not an image; the folder listing must skip it")
     return folder
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import write_blob_images
 from PIL import Image
 
 import jaxseg
@@ -32,11 +33,7 @@ def predictor(smoke_run):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for stem, (h, w) in SIZES.items():
-        # Smooth blobs rather than noise, so the argmax is not dominated by near-ties.
-        base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), np.uint8)
-        Image.fromarray(base).resize((w, h), Image.BILINEAR).save(folder / f"{stem}.png")
+    write_blob_images(folder, SIZES)
     return folder
 
 
