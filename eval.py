@@ -16,7 +16,8 @@ import os  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxseg import checkpointing, evaluation  # noqa: E402
+from jaxseg import evaluation  # noqa: E402
+from jaxseg import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -34,7 +35,7 @@ def main(argv):
     backend.configure_jax_for_backend()
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
-    config = FLAGS.config or checkpointing.read_config(FLAGS.workdir)
+    config = FLAGS.config or workdir_lib.read_config(FLAGS.workdir)
     result = evaluation.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)
     summary = {
         k: round(result[k], 4)

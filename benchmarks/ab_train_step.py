@@ -39,7 +39,7 @@ def compiled_step(name: str, size: int, batch: int, dtype: str):
     config = presets.load(name)
     config.batch_size, config.data.crop_size, config.model.dtype = batch, (size, size), dtype
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
     init = functools.partial(
         train_lib.init_state, model=model, tx=tx, input_shape=(1, size, size, 3)

@@ -58,7 +58,7 @@ def main():
     if args.dtype:
         config.model.dtype = args.dtype
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh()
     _, _, init = train_lib.create_state(config, model, tx, mesh)
     state = init(jax.random.key(0))

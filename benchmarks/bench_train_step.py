@@ -63,7 +63,7 @@ def main():
     if args.dtype:
         config.model.dtype = args.dtype
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
     init = functools.partial(
         train_lib.init_state,

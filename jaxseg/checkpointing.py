@@ -1,14 +1,15 @@
-"""Checkpoints, the run's config.json, and preemption handling.
+"""Checkpoints of the train state: asynchronous saves, verified restores, retention.
 
-Workdir layout written here:
-  <workdir>/config.json                  the resolved config (older differing ones are kept as
-                                         config.<timestamp>.json)
-  <workdir>/checkpoints/<step>/state     the train-state pytree (orbax StandardSave, tensorstore)
-  <workdir>/checkpoints/<step>/extra     a small JSON dict (input-pipeline position, ...)
+Layout (the rest of the run directory: jaxseg.workdir):
+  <workdir>/checkpoints/<step>/state     the train-state pytree (orbax PyTree handler, tensorstore)
   <workdir>/checkpoints/<step>/metrics   JSON metrics used to rank checkpoints (if given)
   <workdir>/checkpoints/<step>/checksums JSON {array path: [dtype, sum, weighted sum]}, see below
   <workdir>/corrupt_checkpoints/<step>.<UTC time>   checkpoints that failed to restore, moved
                                          aside by `restore_latest_intact` (never deleted)
+
+Checkpoints written before this layout also hold `<step>/extra` (a JSON dict with the step,
+which the state holds too) and were saved through orbax's StandardCheckpointHandler, whose
+files are the PyTree handler's; both restore as they are, `extra` is never read.
 
 Crash safety comes from orbax: a step is written to `<step>.orbax-checkpoint-tmp` and renamed to
 `<step>` only once complete, so a process killed mid-save leaves the previous complete step as
@@ -23,8 +24,8 @@ flipped byte makes `restore` raise `CorruptCheckpointError` naming the step, the
 and the cause. Checkpoints written before checksums existed restore unverified.
 """
 
+import dataclasses
 import datetime
-import json
 import math
 import re
 import signal
@@ -34,7 +35,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -44,10 +44,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from jaxseg import workdir as workdir_lib
 
-CONFIG_FILENAME = "config.json"
-CHECKPOINT_DIRNAME = "checkpoints"
-CORRUPT_DIRNAME = "corrupt_checkpoints"
-_STATE, _EXTRA, _CHECKSUMS = "state", "extra", "checksums"
+_STATE, _CHECKSUMS = "state", "checksums"
 _MAX_LISTED = 10  # Differences listed per category in a tree-mismatch error.
 
 
@@ -66,7 +63,7 @@ class CorruptCheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Asynchronous orbax checkpoints of (train state, JSON extra) in `<workdir>/checkpoints`.
+    """Asynchronous orbax checkpoints of the train state in `<workdir>/checkpoints`.
 
     Retention: the latest `max_to_keep` checkpoints plus the single best one by
     `metrics[best_metric]` (higher is better), even if it is older than those. Checkpoints saved
@@ -74,15 +71,18 @@ class Checkpointer:
     `max_to_keep`. (orbax's `LatestN` OR `BestN(n=1)` preservation policies.)
 
     Multi-process: every process must call `save`/`restore` with the same step (they contain
-    barriers). Each process writes its own shards of the state; `extra` and `metrics` are written
-    by process 0 only, so they must be identical on all processes.
+    barriers). Each process writes its own shards of the state; `metrics` are written by
+    process 0 only, so they must be identical on all processes.
+
+    Every `save` call writes (the caller decides when); the state's own step counter is the
+    input pipeline's position too, so nothing else needs saving.
 
     Usage:
       ckpt = Checkpointer(workdir, max_to_keep=3)
       if ckpt.latest_step() is not None:
-          state, extra = ckpt.restore(abstract_state_with_shardings)
+          state = ckpt.restore(abstract_state_with_shardings)
       ...
-      ckpt.save(step, state, {"step": step, "data": ...}, metrics={"miou": 0.61})
+      ckpt.save(step, state, metrics={"miou": 0.61})
       ckpt.close()  # waits for the last asynchronous save
     """
 
@@ -92,7 +92,6 @@ class Checkpointer:
         *,
         max_to_keep: int = 3,
         best_metric: str = "miou",
-        save_every_steps: int = 1,
         read_only: bool = False,
     ):
         """Opens (creating unless `read_only`) `<workdir>/checkpoints`.
@@ -102,25 +101,20 @@ class Checkpointer:
             orbax requires), or any URL-style path etils.epath understands (gs://, untouched).
           max_to_keep: number of most recent checkpoints kept, >= 1.
           best_metric: key of the `metrics` dict that ranks checkpoints, higher is better.
-          save_every_steps: `save` without `force` writes only at multiples of this step count.
           read_only: open for restore only (e.g. evaluation): never creates or deletes anything.
         """
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
-        if save_every_steps < 1:
-            raise ValueError(f"save_every_steps must be >= 1, got {save_every_steps}.")
-        self.directory = workdir_lib.resolve(workdir) / CHECKPOINT_DIRNAME
+        self.directory = workdir_lib.resolve(workdir) / workdir_lib.CHECKPOINT_DIRNAME
         self.best_metric = best_metric
 
         def metric_of(metrics: Mapping[str, Any]) -> float:
             return float(metrics[best_metric])
 
         options = ocp.CheckpointManagerOptions(
-            # read_only implies save_interval_steps=0; saying so avoids orbax's warning.
-            save_interval_steps=0 if read_only else save_every_steps,
-            # Only the interval: orbax's default policy would also save the first step of a
-            # run whatever its number; preemption saves are explicit (`force=True`).
-            save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every_steps),
+            # read_only implies save_interval_steps=0; saying so avoids orbax's warning. Saves
+            # are all forced: the train loop alone decides when to write.
+            save_interval_steps=0 if read_only else 1,
             best_fn=metric_of,  # Makes orbax write the metrics and answer best_step().
             best_mode="max",
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(
@@ -143,22 +137,16 @@ class Checkpointer:
             self.directory,
             options=options,
             item_handlers={
-                _STATE: ocp.StandardCheckpointHandler(),
-                _EXTRA: ocp.JsonCheckpointHandler(),
+                # The PyTree handler (what StandardCheckpointHandler wraps, same files) for its
+                # partial restore: inference reads params without the optimiser state.
+                _STATE: ocp.PyTreeCheckpointHandler(),
                 _CHECKSUMS: ocp.JsonCheckpointHandler(),
             },
         )
         self._read_only = read_only
 
-    def save(
-        self,
-        step: int,
-        state: Any,
-        extra: Mapping[str, Any],
-        metrics: Mapping[str, float] | None = None,
-        force: bool = False,
-    ) -> bool:
-        """Starts an asynchronous save of `state` and `extra` as checkpoint `step`.
+    def save(self, step: int, state: Any, metrics: Mapping[str, float] | None = None) -> bool:
+        """Starts an asynchronous save of `state` as checkpoint `step`.
 
         Returns once the arrays are copied off the devices, so `state` may be donated to the
         next train step right away; the write to disk continues in the background (see
@@ -166,27 +154,17 @@ class Checkpointer:
 
         Args:
           step: the training step this state has reached (the checkpoint's name).
-          state: any pytree of jax.Arrays / numpy arrays / Python scalars (the TrainState).
-          extra: JSON-serialisable dict, e.g. {"step": 1234, "data": {...}}.
+          state: any pytree of jax.Arrays / numpy arrays (the TrainState).
           metrics: scalars for this state, e.g. {"miou": 0.61}; must then contain
             `best_metric`, finite. None = this checkpoint never counts as best.
-          force: save even when `step` is not a multiple of `save_every_steps` (final step,
-            preemption). A step that already exists is never overwritten.
 
         Returns:
-          Whether a checkpoint was started.
+          Whether a checkpoint was started: False if `step` already exists (never overwritten).
         """
         step = int(step)
         if step in self._manager.all_steps():
             logging.info("Checkpoint for step %d already exists in %s.", step, self.directory)
             return False
-        try:
-            json.dumps(extra, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"Checkpoint extra for step {step} must be a JSON-serialisable dict of "
-                f"dict/list/str/int/float/bool/None with finite floats: {e}"
-            ) from e
         if metrics is not None:
             metrics = self._checked_metrics(step, metrics)
         # Ctrl-C inside orbax's synchronous part would leave a save that can never finish;
@@ -197,13 +175,12 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(
                     **{
-                        _STATE: ocp.args.StandardSave(state),
-                        _EXTRA: ocp.args.JsonSave(dict(extra)),
+                        _STATE: ocp.args.PyTreeSave(state),
                         _CHECKSUMS: ocp.args.JsonSave(checksums),
                     }
                 ),
                 metrics=metrics,
-                force=force,
+                force=True,
             )
 
     def _checked_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -226,8 +203,10 @@ class Checkpointer:
             )
         return checked
 
-    def restore(self, abstract_state: Any, step: int | str | None = None) -> tuple[Any, dict]:
-        """Restores (state, extra), each state leaf read straight into its target sharding.
+    def restore(
+        self, abstract_state: Any, step: int | str | None = None, *, partial: bool = False
+    ) -> Any:
+        """Restores the state, each leaf read straight into its target sharding.
 
         Args:
           abstract_state: the target pytree, same structure as what was saved, whose leaves have
@@ -236,16 +215,26 @@ class Checkpointer:
             A leaf's dtype may differ from the saved one: values are cast.
           step: None or "latest" for the newest step, "best" for the best by `best_metric`,
             or an existing step number.
+          partial: the target may leave out saved subtrees (None there, e.g. a TrainState
+            without opt_state); only the target's arrays are read.
 
         Returns:
-          (state with the structure of `abstract_state`, the extra dict saved with it).
+          The state, with the structure of `abstract_state`.
         """
         self._manager.wait_until_finished()  # A save of the requested step may be in flight.
         step = self._resolve_step(step)
         step_dir = self.directory / str(step)
-        self._check_target(abstract_state, step)
+        self._check_target(abstract_state, step, partial=partial)
         has_checksums = (step_dir / _CHECKSUMS).exists()
-        items = {_STATE: ocp.args.StandardRestore(abstract_state), _EXTRA: ocp.args.JsonRestore()}
+        # orbax's partial restore leaves out subtrees missing from a dict target, not None ones.
+        target = _without_none(abstract_state) if partial else abstract_state
+        items = {
+            _STATE: ocp.args.PyTreeRestore(
+                target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=partial,
+            )
+        }
         if has_checksums:
             items[_CHECKSUMS] = ocp.args.JsonRestore()
         try:
@@ -257,9 +246,14 @@ class Checkpointer:
         else:
             logging.info("Checkpoint %d has no checksums (older jaxseg): not verified.", step)
         logging.info("Restored checkpoint %d from %s.", step, self.directory)
-        return restored[_STATE], restored[_EXTRA]
+        state = restored[_STATE]
+        if partial:  # The dict orbax filled in, back into the target's structure.
+            named = _flatten_named(state)
+            leaves = [named[path] for path in _flatten_named(abstract_state)]
+            state = jax.tree.unflatten(jax.tree.structure(abstract_state), leaves)
+        return state
 
-    def restore_latest_intact(self, abstract_state: Any) -> tuple[Any, dict] | None:
+    def restore_latest_intact(self, abstract_state: Any) -> Any | None:
         """Restores the newest checkpoint that is intact; None if there are no checkpoints.
 
         Each newer checkpoint that raises `CorruptCheckpointError` is reported (step, file,
@@ -287,14 +281,15 @@ class Checkpointer:
                 last_error.step,
                 last_error.path,
                 f"{last_error.cause} (every checkpoint failed to restore; all were moved to "
-                f"{self.directory.parent / CORRUPT_DIRNAME}; rerun to start from scratch)",
+                f"{self.directory.parent / workdir_lib.CORRUPT_DIRNAME}; rerun to start from "
+                "scratch)",
             )
         return None
 
     def _move_aside(self, step: int) -> epath.Path:
         """Renames checkpoint `step` into <workdir>/corrupt_checkpoints/ (process 0)."""
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        target = self.directory.parent / CORRUPT_DIRNAME / f"{step}.{stamp}"
+        target = self.directory.parent / workdir_lib.CORRUPT_DIRNAME / f"{step}.{stamp}"
         if self._read_only:
             return self.directory / str(step)  # eval.py never moves anything.
         if jax.process_index() == 0:
@@ -326,8 +321,9 @@ class Checkpointer:
             )
         return int(step)
 
-    def _check_target(self, abstract_state: Any, step: int) -> None:
-        """Raises if `abstract_state` lacks shardings or differs from checkpoint `step`'s tree."""
+    def _check_target(self, abstract_state: Any, step: int, *, partial: bool = False) -> None:
+        """Raises if `abstract_state` lacks shardings or differs from checkpoint `step`'s tree
+        (with `partial`, saved arrays the target leaves out are not a difference)."""
         target = _flatten_named(abstract_state)
         unsharded = [p for p, leaf in target.items() if getattr(leaf, "sharding", None) is None]
         if unsharded:
@@ -347,7 +343,9 @@ class Checkpointer:
                 step, str(step_dir / _STATE / "_METADATA"), "missing or empty array metadata"
             )
         missing = [f"{p} {tuple(target[p].shape)}" for p in target if p not in saved]
-        unexpected = [f"{p} {tuple(saved[p].shape)}" for p in saved if p not in target]
+        unexpected = (
+            [] if partial else [f"{p} {tuple(saved[p].shape)}" for p in saved if p not in target]
+        )
         reshaped = [
             f"{p}: checkpoint {tuple(saved[p].shape)} vs target {tuple(target[p].shape)}"
             for p in target
@@ -497,132 +495,17 @@ def _flatten_named(tree: Any) -> dict[str, Any]:
     return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
+def _without_none(tree: Any) -> Any:
+    """`tree` with its dataclass and dict levels as dicts, None-valued entries dropped."""
+    if dataclasses.is_dataclass(tree):
+        tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+    if isinstance(tree, Mapping):
+        return {k: _without_none(v) for k, v in tree.items() if v is not None}
+    return tree
+
+
 def _listing(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     if len(items) > _MAX_LISTED:
         shown += f", ... and {len(items) - _MAX_LISTED} more"
     return shown
-
-
-def write_config(workdir: str | epath.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
-    """Writes the resolved `config` as `<workdir>/config.json` (process 0 only).
-
-    A resumed run overwrites config.json; if the existing one differs (a changed flag on
-    resume), it is first kept as `config.<UTC timestamp>.json` so the run's history stays
-    readable. Values that JSON cannot hold (e.g. tuples) are stored in their JSON form.
-
-    Returns:
-      The path of config.json.
-    """
-    workdir = epath.Path(workdir)
-    path = workdir / CONFIG_FILENAME
-    if jax.process_index() != 0:
-        return path
-    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-    workdir.mkdir(parents=True, exist_ok=True)
-    if path.exists() and _read_json(path) != json.loads(text):
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        backup = workdir / f"config.{stamp}.json"
-        suffix = 1
-        while backup.exists():  # Two changes within one second.
-            backup = workdir / f"config.{stamp}-{suffix}.json"
-            suffix += 1
-        path.rename(backup)
-        logging.warning("Config changed since the last run; previous one kept as %s.", backup)
-    # Write then rename, so a crash never leaves a truncated config.json behind.
-    tmp = workdir / (CONFIG_FILENAME + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-def read_config(workdir: str | epath.PathLike) -> ml_collections.ConfigDict:
-    """Reads `<workdir>/config.json` written by `write_config` (tuples come back as lists)."""
-    path = epath.Path(workdir) / CONFIG_FILENAME
-    if not path.exists():
-        raise FileNotFoundError(f"No {CONFIG_FILENAME} in {workdir}: is it a jaxseg workdir?")
-    return ml_collections.ConfigDict(_read_json(path))
-
-
-def _read_json(path: epath.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-class PreemptionWatcher:
-    """Context manager that turns SIGTERM (preemption notice) into a clean stop decision.
-
-    Usage, called at every step by every process:
-      with PreemptionWatcher() as watcher:
-          for step in range(start, total_steps):
-              ...
-              if watcher.should_stop(step):
-                  ckpt.save(step, state, extra, force=True)
-                  break
-
-    Single process: a SIGTERM handler sets a flag; no collective is ever run. The previous
-    handler is put back on exit.
-
-    Multiple processes: only some processes may receive SIGTERM, yet all must stop at the same
-    step or the next collective hangs. If jax's preemption service is on (the default after
-    `jax.distributed.initialize()`), jax owns SIGTERM and `should_stop` asks it for the agreed
-    sync step (`multihost_utils.reached_preemption_sync_point`); no Python handler is installed
-    because it would replace jax's. Otherwise the local flags are all-gathered every
-    `sync_every_steps` steps and any flag stops everyone.
-    """
-
-    def __init__(self, *, sync_every_steps: int = 1):
-        if sync_every_steps < 1:
-            raise ValueError(f"sync_every_steps must be >= 1, got {sync_every_steps}.")
-        self._sync_every_steps = sync_every_steps
-        self._received = False
-        self._installed = False
-        self._previous_handler: Any = None
-        self._use_jax_service = False
-
-    @property
-    def signal_received(self) -> bool:
-        """Whether this process has received SIGTERM since entering."""
-        return self._received
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        del frame
-        self._received = True
-        logging.warning("Received signal %d: will checkpoint and stop at the next step.", signum)
-
-    def __enter__(self) -> "PreemptionWatcher":
-        self._received = False
-        self._use_jax_service = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
-        if not self._use_jax_service:
-            if threading.current_thread() is not threading.main_thread():
-                raise RuntimeError(
-                    "PreemptionWatcher must be entered in the main thread: Python only allows "
-                    "signal handlers to be installed there."
-                )
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self._installed:
-            # None means the previous handler was installed outside Python and cannot be
-            # reinstated from here; the default action is the closest safe choice.
-            previous = signal.SIG_DFL if self._previous_handler is None else self._previous_handler
-            signal.signal(signal.SIGTERM, previous)
-            self._installed = False
-
-    def should_stop(self, step: int) -> bool:
-        """Whether training should checkpoint and stop after `step`; same answer on all processes.
-
-        In a multi-process job every process must call this at every step.
-        """
-        if self._use_jax_service:
-            return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-        if jax.process_count() == 1:
-            return self._received
-        if step % self._sync_every_steps:
-            return False
-        flags = multihost_utils.process_allgather(np.int32(self._received))
-        return bool(np.any(flags))

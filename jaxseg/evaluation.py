@@ -24,8 +24,9 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from jaxseg import inference, metrics, sharding
+from jaxseg import inference, metrics, sharding, train_state
 from jaxseg.data import datasets, pipeline
+from jaxseg.train_state import variables_of
 
 
 def inference_fn(model: nn.Module, eval_cfg):
@@ -75,14 +76,6 @@ def _process_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
-def variables_of(state) -> dict:
-    """Model variables of a TrainState (BatchNorm statistics only when the model has them)."""
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
-
-
 class Evaluator:
     """Evaluates a TrainState on `config.data`'s evaluation split; compiles its step once."""
 
@@ -112,7 +105,7 @@ class Evaluator:
         self._predict = jax.jit(lambda v, x: jnp.argmax(predict(v, x), axis=-1))
         # Re-iterable: the split is opened once, then read again at every evaluation.
         self._batches = pipeline.make_eval_iterator(
-            config.data, global_batch_size=config.eval_batch_size
+            config.data, global_batch_size=config.eval_batch_size, spec=spec
         )
 
     def confusion_matrix(self, state) -> tuple[np.ndarray, int]:
@@ -276,11 +269,11 @@ def write_report(workdir: str, result: dict, **meta) -> str:
 def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
     """Restores `checkpoint` ("best", "latest" or a step) of the run in `workdir`, evaluates it
     on `config.data.eval_split` and writes `<workdir>/eval/report.json`. Used by eval.py."""
-    from jaxseg import train_lib  # train_lib imports this module
-
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
     spec = datasets.dataset_spec(config.data)
-    model, state = train_lib.restore_checkpoint(config, workdir, checkpoint, mesh)
+    model, state = train_state.restore_checkpoint(
+        config, workdir, checkpoint, mesh, spec=spec, params_only=True
+    )
     evaluator = Evaluator(config, model, mesh, spec)
     result = evaluator.evaluate(state)
     write_report(

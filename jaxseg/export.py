@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxseg import inference
+from jaxseg import inference, prediction
+from jaxseg import workdir as workdir_lib
 from jaxseg.models import FCN, UNet
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -110,9 +111,7 @@ def jaxseg_version() -> str:
 
 def model_card(predictor, workdir: str, checkpoint, rule: dict, fmt: str, files) -> dict:
     """What a consumer needs to feed the export and read its outputs."""
-    from jaxseg import checkpointing
-
-    config = checkpointing.read_config(workdir)
+    config = workdir_lib.read_config(workdir)
     return {
         "format": fmt,
         "files": list(files),
@@ -202,15 +201,13 @@ def export_run(
     """export.py's one call: restore `checkpoint` of `workdir`, write `fmt` into `output_dir`
     with `card.json`. `size` (height, width) is the fixed input size for models without
     symbolic sides (default: config.data.eval_pad_size). Returns the card."""
-    from jaxseg import checkpointing, prediction
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid formats: {FORMATS}")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output {output_dir} exists and is not a folder")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise ValueError(f"--output {output_dir} is not empty: refusing to mix two exports")
-    config = checkpointing.read_config(workdir)
+    config = workdir_lib.read_config(workdir)
     predictor = prediction.load_predictor(workdir, checkpoint)
     fixed = tuple(size) if size else tuple(config.data.eval_pad_size)
     rule = size_rule(predictor.model, fixed)

@@ -131,11 +131,6 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.join_schedules([ramp, main], boundaries=[warmup])
 
 
-def learning_rate_at(cfg: ml_collections.ConfigDict, total_steps: int, step: int) -> float:
-    """The learning rate (float, host-side, for logging) that the update at `step` uses."""
-    return float(make_schedule(cfg, total_steps)(step))
-
-
 # --- Parameter groups -------------------------------------------------------------------------
 
 
@@ -252,7 +247,7 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 def make_optimizer(
     cfg: ml_collections.ConfigDict, total_steps: int
-) -> optax.GradientTransformation:
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optax transformation described in the module docstring.
 
     Args:
@@ -260,10 +255,12 @@ def make_optimizer(
       total_steps: optimiser steps in the run, for the schedule (see `make_schedule`).
 
     Returns:
-      A GradientTransformation for parameter pytrees; `update` needs `params` (weight decay
-      reads them). Its state holds the step count that drives the schedule, so checkpointing
-      `opt_state` is enough to resume the schedule. `init` raises ValueError if a regex in
-      `frozen` or `lr_multipliers` matches no parameter path.
+      (tx, schedule). tx: a GradientTransformation for parameter pytrees; `update` needs
+      `params` (weight decay reads them). Its state holds the step count that drives the
+      schedule, so checkpointing `opt_state` is enough to resume the schedule. `init` raises
+      ValueError if a regex in `frozen` or `lr_multipliers` matches no parameter path.
+      schedule: step -> the learning rate the update at that step uses (before
+      `lr_multipliers`), for logging.
 
     Raises:
       ValueError: unknown `optimizer`, `schedule` or `weight_decay_mode` (the message lists the
@@ -310,6 +307,7 @@ def make_optimizer(
     # Frozen parameters sit outside `trainable`: no momentum/Adam state, no decay, and their
     # gradients do not count towards the clipping norm.
     frozen_patterns = _compile_patterns("frozen", list(cfg.frozen))
-    return optax.multi_transform(
+    tx = optax.multi_transform(
         {"trainable": trainable, "frozen": optax.set_to_zero()}, _frozen_labels(frozen_patterns)
     )
+    return tx, schedule

@@ -33,9 +33,11 @@ import tqdm
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from jaxseg import tiled_inference, visualize
+from jaxseg import sharding, tiled_inference, train_state, visualize
+from jaxseg import workdir as workdir_lib
+from jaxseg.data import datasets, transforms
 from jaxseg.data import images as image_decoding
-from jaxseg.data import transforms
+from jaxseg.models import UNet
 
 BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets up to depth 5.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -109,11 +111,7 @@ def load_predictor(
       max_tile: whole_image mode segments images with a side above this (px) by a sliding
         window of max_tile crops (0 = never).
     """
-    from jaxseg import checkpointing, evaluation, sharding, train_lib
-    from jaxseg.data import datasets
-    from jaxseg.models import UNet
-
-    config = checkpointing.read_config(workdir)
+    config = workdir_lib.read_config(workdir)
     spec = datasets.dataset_spec(config.data)
     channels = spec.image_channels
     mean, std = (np.asarray(v, np.float32) for v in (config.data.mean, config.data.std))
@@ -125,8 +123,10 @@ def load_predictor(
             )
     # Inference replicates the parameters (no fsdp) and shards images/tiles over all devices.
     mesh = sharding.make_mesh()
-    model, state = train_lib.restore_checkpoint(config, workdir, checkpoint)
-    variables = evaluation.variables_of(state)
+    model, state = train_state.restore_checkpoint(
+        config, workdir, checkpoint, mesh, spec=spec, params_only=True
+    )
+    variables = train_state.variables_of(state)
     engine = tiled_inference.Engine.create(
         model,
         variables,

@@ -1,4 +1,4 @@
-"""Training: the TrainState, a pure jitted train step, and the loop that reads like the algorithm.
+"""Training: the loss, a pure jitted train step, and the loop that reads like the algorithm.
 
 `train_step(state, batch) -> (state, metrics)` is jitted once over one mesh of every device of
 every process, with the batch sharded over the mesh and the state replicated (or fsdp-sharded).
@@ -14,14 +14,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tqdm
 
@@ -32,46 +29,16 @@ from jaxseg import (
     metric_writers,
     metrics,
     optim,
+    preemption,
     run_info,
     sharding,
+    train_state,
 )
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
-
-PyTree = Any
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a run needs to continue: step, params, BatchNorm stats, optimiser state, rng.
-
-    `rng` holds raw key data (uint32 [2]) so that the state is a plain array pytree that orbax
-    saves and restores like any other.
-    """
-
-    step: jax.Array
-    params: PyTree
-    batch_stats: PyTree
-    opt_state: optax.OptState
-    rng: jax.Array
-
-
-def init_state(
-    rng: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation, input_shape
-) -> TrainState:
-    """Initialises a TrainState for inputs of `input_shape` ([N, H, W, C]); pure, jit-able."""
-    init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros(input_shape, jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        rng=jax.random.key_data(state_rng),
-    )
+from jaxseg.train_state import TrainState
 
 
 def _loss_fn(params, batch_stats, micro, dropout_rng, *, model, loss_cfg, num_classes):
@@ -195,97 +162,6 @@ def make_train_step(config, model, tx, mesh, state_sharding) -> Callable:
     )
 
 
-def input_shape(config, spec, batch_size: int) -> tuple[int, int, int, int]:
-    """[N, H, W, C] of a training batch."""
-    h, w = config.data.crop_size
-    return (batch_size, h, w, spec.image_channels)
-
-
-def create_state(config, model, tx, mesh):
-    """(abstract state with shardings, shardings, jitted init) from `jax.eval_shape`."""
-    spec = datasets.dataset_spec(config.data)
-    init = functools.partial(
-        init_state, model=model, tx=tx, input_shape=input_shape(config, spec, 1)
-    )
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = sharding.state_shardings(abstract, mesh, min_fsdp_size=config.mesh.fsdp_min_size)
-    jit_init = jax.jit(init, out_shardings=shardings)
-    return sharding.with_shardings(abstract, shardings), shardings, jit_init
-
-
-def restore_checkpoint(config, workdir: str, checkpoint="latest", mesh=None):
-    """(model, TrainState) of `checkpoint` ("best", "latest" or a step) of the run in `workdir`.
-
-    "best" falls back to "latest" while no evaluation has ranked a checkpoint yet.
-    """
-    mesh = mesh or sharding.make_mesh(num_fsdp=config.mesh.fsdp)
-    model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    abstract, _, _ = create_state(config, model, tx, mesh)
-    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
-        if not ckpt.all_steps():
-            raise FileNotFoundError(f"no checkpoints in {ckpt.directory}: train first (train.py)")
-        which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-        if which == "best" and ckpt.best_step() is None:
-            which = "latest"
-        try:
-            state, _ = ckpt.restore(abstract, which)
-        except checkpointing.CorruptCheckpointError as e:
-            others = [s for s in ckpt.all_steps() if s != e.step]
-            raise checkpointing.CorruptCheckpointError(
-                e.step, e.path, f"{e.cause} (other checkpoints: {others}; pick one by step)"
-            ) from e
-    return model, state
-
-
-def _initial_weights(config, state: TrainState, abstract: TrainState) -> TrainState:
-    """Applies `config.init_from`: "" (none), a run's workdir, or "vgg16:<weights file>"."""
-    source = config.init_from
-    if not source:
-        return state
-    if source.startswith("vgg16:"):
-        from jaxseg.models import pretrained
-
-        # Our pipeline feeds RGB; the Caffe-trained weights expect BGR: flip conv1_1 once here.
-        vgg = pretrained.load_vgg16_weights(source.removeprefix("vgg16:"), rgb_input=True)
-        params = pretrained.transplant_into(jax.device_get(state.params), vgg)
-        params = jax.tree.map(
-            lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), params, abstract.params
-        )
-        logging.info("Initialised the VGG16 trunk from %s", source)
-        return state.replace(params=params)
-    # Another run: restore it with its own model's tree, then copy every parameter both models
-    # share (same path, same shape). FCN-16s from FCN-32s keeps its new score_pool4 init.
-    other_config = checkpointing.read_config(source)
-    _, restored = restore_checkpoint(other_config, source, "latest", _mesh_of(abstract))
-    params, copied = _merge_shared(state.params, restored.params)
-    batch_stats, _ = _merge_shared(state.batch_stats, restored.batch_stats)
-    logging.info("Initialised %d parameter arrays from run %s", copied, source)
-    if not copied:
-        raise ValueError(f"config.init_from={source!r}: no parameter matches this model's")
-    return state.replace(params=params, batch_stats=batch_stats)
-
-
-def _mesh_of(abstract: TrainState) -> jax.sharding.Mesh:
-    return jax.tree.leaves(abstract)[0].sharding.mesh
-
-
-def _merge_shared(target: PyTree, source: PyTree) -> tuple[PyTree, int]:
-    """`target` with every leaf that `source` has at the same path and shape replaced."""
-    flat_source = {optim.param_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
-    copied = 0
-
-    def pick(path, x):
-        nonlocal copied
-        y = flat_source.get(optim.param_path(path))
-        if y is not None and y.shape == x.shape:
-            copied += 1
-            return jax.device_put(y.astype(x.dtype), x.sharding)
-        return x
-
-    return jax.tree_util.tree_map_with_path(pick, target), copied
-
-
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
@@ -353,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     mesh = sharding.make_mesh(num_data=-1, num_fsdp=config.mesh.fsdp)
     logging.info("Devices: %s", sharding.describe_devices(mesh))
-    spec = datasets.dataset_spec(config.data)
+    spec = datasets.dataset_spec(config.data)  # Once per run; every consumer gets this one.
     if config.model.num_classes != spec.num_classes:
         raise ValueError(
             f"config.model.num_classes = {config.model.num_classes} but data set "
@@ -362,33 +238,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate_config(config, mesh)
     model = build_model(config.model)
     total_steps = config.total_steps
-    tx = optim.make_optimizer(config.optim, total_steps)
-    abstract, state_sharding, jit_init = create_state(config, model, tx, mesh)
+    tx, schedule = optim.make_optimizer(config.optim, total_steps)
+    abstract, state_sharding, jit_init = train_state.create_state(config, model, tx, mesh, spec)
 
     # One writer per workdir; process 0 speaks for the job (the others share its workdir).
     primary = jax.process_index() == 0
     lock = workdir_lib.TrainLock(workdir) if primary else contextlib.nullcontext()
     with lock, contextlib.ExitStack() as cleanup:
-        ckpt = checkpointing.Checkpointer(
-            workdir,
-            max_to_keep=config.checkpoint_keep,
-            save_every_steps=config.checkpoint_every_steps,
-        )
+        ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint_keep)
         # On every exit path (exception, NaN, Ctrl-C) wait for the in-flight save: a finished
         # save of a finite state is good data, an abandoned one is lost.
         cleanup.callback(_close_quietly, ckpt)
-        restored = ckpt.restore_latest_intact(abstract)
-        if restored is not None:
-            state, extra = restored
-            logging.info("Resumed from step %d in %s", extra["step"], workdir)
+        # The order of jaxseg.train_state's docstring: 1. resume, else 2. init_from (onto a
+        # fresh init), else 3. the fresh init.
+        state = ckpt.restore_latest_intact(abstract)
+        if state is not None:
+            logging.info("Resumed from step %d in %s", int(jax.device_get(state.step)), workdir)
         else:
-            state = _initial_weights(config, jit_init(jax.random.key(config.seed)), abstract)
+            fresh = jit_init(jax.random.key(config.seed))
+            state = train_state.initial_weights(config, fresh, abstract)
         start_step = int(jax.device_get(state.step))
 
         p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
         batch_sharding = sharding.batch_sharding(mesh)
         train_iter = pipeline.make_train_iterator(
             config.data,
+            spec=spec,
             global_batch_size=config.batch_size,
             seed=config.seed,
             start_step=start_step,
@@ -396,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             context=input_context(model, tuple(config.data.crop_size)),
         )
         config = _recorded_data_config(config)
-        checkpointing.write_config(workdir, config)
+        workdir_lib.write_config(workdir, config)
         # Provenance of this invocation: config, versions, commit, devices, global batch.
         run_info.record(workdir, config, mesh, abstract.params, start_step)
         evaluator = evaluation.Evaluator(config, model, mesh, spec)
@@ -409,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         cleanup.callback(bar.close)
         eval_metrics, state = _train_loop(
             config, state, start_step, p_train_step, train_iter, batch_sharding, evaluator,
-            writer, ckpt, bar,
+            writer, ckpt, bar, schedule,
         )  # fmt: skip
     if eval_metrics and int(jax.device_get(state.step)) == total_steps:
         path = evaluation.write_report(
@@ -434,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_loop(
     config, state, start_step, p_train_step, train_iter, batch_sharding, evaluator, writer, ckpt,
-    bar,
+    bar, schedule,
 ):  # fmt: skip
     """for step in range(start_step, total_steps): step, log, evaluate, checkpoint, stop early.
 
@@ -443,7 +318,7 @@ def _train_loop(
     total_steps = config.total_steps
     eval_metrics, last_log, t_log, compile_logged = {}, start_step, time.time(), False
     clip = config.optim.grad_clip_norm
-    with checkpointing.PreemptionWatcher() as watcher:
+    with preemption.PreemptionWatcher() as watcher:
         for step in range(start_step, total_steps):
             batch = pipeline.to_global(next(train_iter), batch_sharding)
             if not compile_logged:
@@ -459,7 +334,7 @@ def _train_loop(
                 if done > last_log:  # Not on the first (compiling) step alone.
                     elapsed = time.time() - t_log
                     scalars["images_per_sec"] = (done - last_log) * config.batch_size / elapsed
-                scalars["learning_rate"] = optim.learning_rate_at(config.optim, total_steps, step)
+                scalars["learning_rate"] = float(schedule(step))
                 writer.write(done, scalars, "train")
                 bar.set_postfix(
                     loss=f"{scalars['loss']:.4f}", img_s=f"{scalars.get('images_per_sec', 0.0):.1f}"
@@ -478,7 +353,7 @@ def _train_loop(
             periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
             if stop or periodic or metrics_for_ckpt is not None:
                 _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
-                ckpt.save(done, state, {"step": done}, metrics=metrics_for_ckpt, force=True)
+                ckpt.save(done, state, metrics=metrics_for_ckpt)
                 # Evaluation and checkpoint time is not training throughput.
                 last_log, t_log = done, time.time()
             if stop and done < total_steps:

@@ -1,4 +1,14 @@
-"""The run directory (workdir): where a path given by a user is resolved, and its training lock.
+"""The run directory (workdir): its layout, its config.json, path resolution, the train lock.
+
+Layout of a run:
+  <workdir>/config.json             the resolved config (`write_config`; older differing ones
+                                    are kept as config.<UTC timestamp>.json)
+  <workdir>/train.lock              held by the one training process writing the run
+  <workdir>/checkpoints/<step>/     orbax checkpoints (jaxseg.checkpointing)
+  <workdir>/corrupt_checkpoints/    checkpoints that failed to restore, moved aside, never deleted
+  <workdir>/metrics.jsonl           train/eval scalars (jaxseg.metric_writers), tensorboard/ too
+  <workdir>/run_info.json           provenance of each invocation (jaxseg.run_info)
+  <workdir>/eval/                   report.json, per_class.md and figures (jaxseg.evaluation)
 
 orbax refuses relative checkpoint paths, and a relative path means something else once anything
 changes the working directory. `resolve` is applied where a workdir enters a component that
@@ -14,8 +24,15 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
+import jax
+import ml_collections
 from etils import epath
+
+CONFIG_FILENAME = "config.json"
+CHECKPOINT_DIRNAME = "checkpoints"
+CORRUPT_DIRNAME = "corrupt_checkpoints"
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -169,3 +186,50 @@ def _when(timestamp) -> str:
         return datetime.datetime.fromtimestamp(float(timestamp)).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError):
         return "an unknown time"
+
+
+def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
+    """Writes the resolved `config` as `<workdir>/config.json` (process 0 only).
+
+    A resumed run overwrites config.json; if the existing one differs (a changed flag on
+    resume), it is first kept as `config.<UTC timestamp>.json` so the run's history stays
+    readable. Values that JSON cannot hold (e.g. tuples) are stored in their JSON form.
+
+    Returns:
+      The path of config.json.
+    """
+    workdir = epath.Path(workdir)
+    path = workdir / CONFIG_FILENAME
+    if jax.process_index() != 0:
+        return path
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+    workdir.mkdir(parents=True, exist_ok=True)
+    if path.exists() and _read_json(path) != json.loads(text):
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        backup = workdir / f"config.{stamp}.json"
+        suffix = 1
+        while backup.exists():  # Two changes within one second.
+            backup = workdir / f"config.{stamp}-{suffix}.json"
+            suffix += 1
+        path.rename(backup)
+        logging.warning("Config changed since the last run; previous one kept as %s.", backup)
+    # Write then rename, so a crash never leaves a truncated config.json behind.
+    tmp = workdir / (CONFIG_FILENAME + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Reads `<workdir>/config.json` written by `write_config` (tuples come back as lists)."""
+    path = epath.Path(workdir) / CONFIG_FILENAME
+    if not path.exists():
+        raise FileNotFoundError(f"No {CONFIG_FILENAME} in {workdir}: is it a jaxseg workdir?")
+    return ml_collections.ConfigDict(_read_json(path))
+
+
+def _read_json(path: epath.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e

@@ -19,7 +19,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """One tiny trained run (configs/smoke.py, ~20 s) shared by every test that only reads it."""
+    """One tiny trained run (configs/smoke.py: 6 steps, evaluated and saved at 3 and 6), shared
+    by every test that reads a run; a test that changes it works on a copy (shutil.copytree)."""
     from configs import smoke
     from jaxseg import train_lib
 

@@ -1,22 +1,19 @@
-"""Tests for jaxseg/checkpointing.py: round trips, retention, errors, crash safety, SIGTERM."""
+"""Tests for jaxseg/checkpointing.py: round trips, retention, errors, crash safety, bit rot."""
 
-import json
 import os
 import re
 import shutil
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import struct
-from jax.experimental import multihost_utils
 
 from jaxseg import checkpointing, sharding
+from jaxseg import workdir as workdir_lib
 
 
 @struct.dataclass
@@ -77,26 +74,37 @@ def mesh():
     return sharding.make_mesh(4, 2)
 
 
-def test_round_trip_state_and_extra(tmp_path, mesh):
+def test_round_trip_state(tmp_path, mesh):
     state = make_state(1)
-    extra = {"step": 101, "data": {"epoch": 2, "position": 37, "files": ["a", "b"]}}
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        assert ckpt.save(101, state, extra)
+        assert ckpt.save(101, state)
         ckpt.wait_until_finished()
         assert (tmp_path / "checkpoints" / "101").is_dir()
-        restored, restored_extra = ckpt.restore(restore_target(state, mesh))
+        restored = ckpt.restore(restore_target(state, mesh))
     assert isinstance(restored, TinyState)
     assert_trees_equal(restored, state)
     assert restored.rng.dtype == jnp.uint32 and restored.step.dtype == jnp.int32
-    assert restored_extra == extra
+
+
+def test_partial_restore_reads_only_the_target_subtrees(tmp_path, mesh):
+    """What inference restores: the state without its optimiser state."""
+    state = make_state(5)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(3, state)
+        target = restore_target(state.replace(opt_state=None), mesh)
+        with pytest.raises(ValueError, match="in checkpoint but not in target: opt_state"):
+            ckpt.restore(target)  # Without `partial` a missing subtree is a mismatch.
+        restored = ckpt.restore(target, partial=True)
+    assert restored.opt_state is None
+    assert_trees_equal(restored, state.replace(opt_state=None))
 
 
 def test_restore_into_fsdp_shardings(tmp_path, mesh):
     state = make_state(2)
     target = restore_target(state, mesh, min_fsdp_size=64)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(7, state, {"step": 7})
-        restored, _ = ckpt.restore(target, step=7)
+        ckpt.save(7, state)
+        restored = ckpt.restore(target, step=7)
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
         assert got.sharding == want.sharding
     # conv kernel [3, 3, 4, 8]: 288 >= 64 elements, last dim split over fsdp=2.
@@ -113,10 +121,10 @@ def test_save_returns_before_write_and_tolerates_donation(tmp_path, mesh):
     state = make_state(3)
     expected = jax.tree.map(np.asarray, state)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, state, {})
+        ckpt.save(1, state)
         for leaf in jax.tree.leaves(state):
             leaf.delete()
-        restored, _ = ckpt.restore(restore_target(make_state(3), mesh))
+        restored = ckpt.restore(restore_target(make_state(3), mesh))
     assert_trees_equal(restored, expected)
 
 
@@ -127,35 +135,35 @@ def test_keeps_last_k_and_best(tmp_path, mesh):
     with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         for step, miou in enumerate(mious, start=1):
             metrics = None if miou is None else {"miou": miou, "loss": 1.0 - miou}
-            assert ckpt.save(step, state, {"step": step}, metrics=metrics)
+            assert ckpt.save(step, state.replace(step=np.int32(step)), metrics=metrics)
         ckpt.wait_until_finished()
         # Latest two (5, 6) plus the best (2), although it is older than both.
         assert ckpt.all_steps() == [2, 5, 6]
         assert (ckpt.latest_step(), ckpt.best_step()) == (6, 2)
-        assert ckpt.restore(target, "best")[1] == {"step": 2}
-        assert ckpt.restore(target, "latest")[1] == {"step": 6}
+        assert int(ckpt.restore(target, "best").step) == 2
+        assert int(ckpt.restore(target, "latest").step) == 6
     on_disk = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert on_disk == [2, 5, 6]
 
     # A resumed run reads metrics back from disk; a better checkpoint releases the old best.
     with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         assert (ckpt.all_steps(), ckpt.best_step()) == ([2, 5, 6], 2)
-        ckpt.save(7, state, {"step": 7}, metrics={"miou": 0.9})
+        ckpt.save(7, state, metrics={"miou": 0.9})
         ckpt.wait_until_finished()
         assert ckpt.all_steps() == [6, 7]
         assert ckpt.best_step() == 7
 
 
-def test_save_interval_force_and_existing_step(tmp_path):
+def test_every_save_writes_and_an_existing_step_is_never_overwritten(tmp_path, mesh):
     state = make_state(0)
-    with checkpointing.Checkpointer(tmp_path, save_every_steps=10) as ckpt:
-        assert not ckpt.save(5, state, {})  # not a multiple of 10, not even as first save
-        assert ckpt.save(10, state, {})
-        assert ckpt.save(13, state, {}, force=True)  # e.g. the final step or a preemption
-        assert not ckpt.save(13, state, {"other": 1}, force=True)  # never overwritten
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(5, state)  # The caller decides when: no interval of its own.
+        assert ckpt.save(13, state)
+        assert not ckpt.save(13, make_state(1))  # never overwritten
         ckpt.wait_until_finished()
-        assert ckpt.all_steps() == [10, 13]
+        assert ckpt.all_steps() == [5, 13]
         assert ckpt.best_step() is None
+        assert_trees_equal(ckpt.restore(restore_target(state, mesh), 13), state)
 
 
 def test_restore_errors_name_directory_and_steps(tmp_path, mesh):
@@ -164,8 +172,8 @@ def test_restore_errors_name_directory_and_steps(tmp_path, mesh):
     with checkpointing.Checkpointer(tmp_path) as ckpt:
         with pytest.raises(FileNotFoundError, match=f"No checkpoints found in {tmp_path}"):
             ckpt.restore(target)
-        ckpt.save(4, state, {})
-        ckpt.save(8, state, {})
+        ckpt.save(4, state)
+        ckpt.save(8, state)
         with pytest.raises(FileNotFoundError, match=r"step 5 .* available steps: \[4, 8\]"):
             ckpt.restore(target, step=5)
         with pytest.raises(FileNotFoundError, match="step 'newest'"):
@@ -176,7 +184,7 @@ def test_restore_errors_name_directory_and_steps(tmp_path, mesh):
 
 def test_restore_mismatched_tree_lists_differences(tmp_path, mesh):
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, make_state(0, width=8), {})
+        ckpt.save(1, make_state(0, width=8))
         # A "different model": wider layers, and an extra parameter.
         other = make_state(0, width=6)
         other = other.replace(params={**other.params, "aux": {"kernel": jnp.zeros((2, 2))}})
@@ -193,28 +201,26 @@ def test_restore_mismatched_tree_lists_differences(tmp_path, mesh):
 def test_restore_requires_shardings(tmp_path):
     state = make_state(0)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, state, {})
+        ckpt.save(1, state)
         with pytest.raises(ValueError, match="needs a sharding.*step"):
             ckpt.restore(jax.eval_shape(lambda: state))
 
 
-def test_save_rejects_bad_extra_and_metrics(tmp_path):
+def test_save_rejects_bad_metrics(tmp_path):
     state = make_state(0)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        with pytest.raises(ValueError, match="extra for step 1 must be a JSON"):
-            ckpt.save(1, state, {"position": np.arange(3)})
         with pytest.raises(ValueError, match="lack the ranking metric 'miou'.*'loss'"):
-            ckpt.save(1, state, {}, metrics={"loss": 0.3})
+            ckpt.save(1, state, metrics={"loss": 0.3})
         with pytest.raises(ValueError, match="'miou'.* nan for step 1 is not finite"):
-            ckpt.save(1, state, {}, metrics={"miou": float("nan")})
+            ckpt.save(1, state, metrics={"miou": float("nan")})
         assert ckpt.all_steps() == []
 
 
 def test_incomplete_checkpoint_is_ignored_and_cleaned_up(tmp_path, mesh):
     state1, state2 = make_state(1), make_state(2)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, state1, {"step": 1})
-        ckpt.save(2, state2, {"step": 2})
+        ckpt.save(1, state1)
+        ckpt.save(2, state2)
     root = tmp_path / "checkpoints"
     # What a process killed during the save of step 3 leaves: orbax's tmp directory, here even
     # with every file written, just not yet renamed (the last moment a kill can strike).
@@ -225,17 +231,16 @@ def test_incomplete_checkpoint_is_ignored_and_cleaned_up(tmp_path, mesh):
 
     with checkpointing.Checkpointer(tmp_path) as ckpt:
         assert ckpt.all_steps() == [1, 2]
-        restored, extra = ckpt.restore(restore_target(state2, mesh), "latest")
-        assert extra == {"step": 2}
+        restored = ckpt.restore(restore_target(state2, mesh), "latest")
         assert_trees_equal(restored, state2)
         # The next save of the resumed run removes the leftovers before writing.
-        ckpt.save(3, state1, {"step": 3})
+        ckpt.save(3, state1)
         ckpt.wait_until_finished()
         assert ckpt.all_steps() == [1, 2, 3]
     assert sorted(p.name for p in root.iterdir() if "tmp" in p.name) == []
-    assert checkpointing.Checkpointer(tmp_path).restore(restore_target(state1, mesh))[1] == {
-        "step": 3
-    }
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 3
+        assert_trees_equal(ckpt.restore(restore_target(state1, mesh)), state1)
 
 
 def test_read_only_creates_nothing(tmp_path, mesh):
@@ -244,93 +249,6 @@ def test_read_only_creates_nothing(tmp_path, mesh):
     with pytest.raises(FileNotFoundError, match="missing_run/checkpoints"):
         ckpt.restore(restore_target(make_state(0), mesh))
     assert not workdir.exists()
-
-
-def test_write_and_read_config(tmp_path):
-    config = ml_collections.ConfigDict(
-        {"model": "fcn8s", "optim": {"lr": 1e-4, "boundaries": (10, 20)}, "seed": 0}
-    )
-    path = checkpointing.write_config(tmp_path, config)
-    assert path == tmp_path / "config.json"
-    assert json.loads(path.read_text())["optim"] == {"lr": 1e-4, "boundaries": [10, 20]}
-    loaded = checkpointing.read_config(tmp_path)
-    assert loaded.model == "fcn8s" and loaded.optim.lr == 1e-4
-    assert list(loaded.optim.boundaries) == [10, 20]
-
-    # Resuming with the same config: nothing to keep.
-    checkpointing.write_config(tmp_path, config)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
-
-    # Resuming with a changed config: the old one is kept beside the new one.
-    config.optim.lr = 3e-4
-    checkpointing.write_config(tmp_path, config)
-    backups = sorted(tmp_path.glob("config.*.json"))
-    assert len(backups) == 1
-    assert json.loads(backups[0].read_text())["optim"]["lr"] == 1e-4
-    assert checkpointing.read_config(tmp_path).optim.lr == 3e-4
-    config.optim.lr = 5e-4
-    checkpointing.write_config(tmp_path, config)  # Second change within the same second.
-    assert len(sorted(tmp_path.glob("config.*.json"))) == 2
-
-
-def test_read_config_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"No config.json in {tmp_path}"):
-        checkpointing.read_config(tmp_path)
-    (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="config.json is not valid JSON"):
-        checkpointing.read_config(tmp_path)
-
-
-def _wait_for(predicate, timeout_s=2.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return predicate()
-
-
-def test_preemption_watcher_sigterm_sets_flag_and_restores_handler():
-    calls = []
-
-    def outer_handler(signum, frame):
-        calls.append(signum)
-
-    original = signal.signal(signal.SIGTERM, outer_handler)
-    try:
-        with checkpointing.PreemptionWatcher() as watcher:
-            assert not watcher.should_stop(0)
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert _wait_for(lambda: watcher.signal_received)
-            assert watcher.should_stop(1)
-        assert calls == []  # The watcher, not the outer handler, took the signal.
-        assert signal.getsignal(signal.SIGTERM) is outer_handler
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert _wait_for(lambda: calls == [signal.SIGTERM])
-    finally:
-        signal.signal(signal.SIGTERM, original)
-
-
-def test_preemption_watcher_multiprocess_agreement(monkeypatch):
-    # Two processes simulated: this one got no SIGTERM, the other did. Without jax's preemption
-    # service the flags are all-gathered on sync steps only, so both stop at the same step.
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    monkeypatch.setattr(
-        multihost_utils, "process_allgather", lambda flag: np.array([flag, np.int32(1)])
-    )
-    service_enabled = jax.config.jax_enable_preemption_service
-    jax.config.update("jax_enable_preemption_service", False)
-    try:
-        with checkpointing.PreemptionWatcher(sync_every_steps=5) as watcher:
-            assert [watcher.should_stop(s) for s in (3, 4, 5)] == [False, False, True]
-            assert not watcher.signal_received
-    finally:
-        jax.config.update("jax_enable_preemption_service", service_enabled)
-
-    # With the service, jax owns SIGTERM: no Python handler, and jax names the sync step.
-    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 7)
-    before = signal.getsignal(signal.SIGTERM)
-    with checkpointing.PreemptionWatcher() as watcher:
-        assert signal.getsignal(signal.SIGTERM) is before
-        assert [watcher.should_stop(s) for s in (6, 7)] == [False, True]
 
 
 def _largest_data_file(step_dir) -> str:
@@ -370,8 +288,8 @@ def test_corrupt_latest_checkpoint_is_named_moved_aside_and_the_previous_one_use
 ):
     old, new = make_state(1, width=64), make_state(2, width=64)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, old, {"step": 1}, force=True)
-        ckpt.save(2, new, {"step": 2}, force=True)
+        ckpt.save(1, old)
+        ckpt.save(2, new)
     damage(tmp_path / "checkpoints" / "2")
     target = restore_target(old, mesh)
     # What eval.py meets: the error names the step, the file or array, and the cause.
@@ -379,13 +297,12 @@ def test_corrupt_latest_checkpoint_is_named_moved_aside_and_the_previous_one_use
         with pytest.raises(checkpointing.CorruptCheckpointError, match="checkpoint 2 is corrupt: "):
             ckpt.restore(target, "latest")
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        state, extra = ckpt.restore_latest_intact(target)
+        state = ckpt.restore_latest_intact(target)
         assert ckpt.all_steps() == [1]
-    assert extra == {"step": 1}
     assert_trees_equal(state, old)
-    moved = list((tmp_path / checkpointing.CORRUPT_DIRNAME).iterdir())
+    moved = list((tmp_path / workdir_lib.CORRUPT_DIRNAME).iterdir())
     assert [p.name.split(".")[0] for p in moved] == ["2"]
-    assert (moved[0] / "extra").is_dir()  # Moved whole, never deleted.
+    assert (moved[0] / "checksums").is_dir()  # Moved whole, never deleted.
     report = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert re.search(r"Checkpoint 2 is corrupt and was moved to \S+corrupt_checkpoints/2\.", report)
     assert re.search(culprit, report), report
@@ -395,20 +312,60 @@ def test_checkpoint_without_checksums_still_restores(tmp_path, mesh):
     """Checkpoints written before checksums existed (no `checksums` item) restore unverified."""
     state = make_state(3)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(5, state, {"step": 5}, force=True)
+        ckpt.save(5, state)
     shutil.rmtree(tmp_path / "checkpoints" / "5" / "checksums")
     with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
-        restored, extra = ckpt.restore(restore_target(state, mesh))
-    assert extra == {"step": 5}
+        restored = ckpt.restore(restore_target(state, mesh))
     assert_trees_equal(restored, state)
 
 
 def test_every_checkpoint_corrupt_is_an_error_naming_it(tmp_path, mesh):
     state = make_state(4)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        ckpt.save(1, state, {"step": 1}, force=True)
+        ckpt.save(1, state)
     _delete_metadata(tmp_path / "checkpoints" / "1")
     with checkpointing.Checkpointer(tmp_path) as ckpt:
         with pytest.raises(checkpointing.CorruptCheckpointError, match="every checkpoint failed"):
             ckpt.restore_latest_intact(restore_target(state, mesh))
         assert ckpt.all_steps() == []
+
+
+def _write_old_format(workdir, steps_and_states):
+    """Checkpoints as jaxseg wrote them before `extra` was dropped (commit 38f0e00): items
+    state (orbax StandardCheckpointHandler), extra {"step": n} and checksums, plus the metrics
+    orbax writes for ranked steps. Built with orbax directly, the way that Checkpointer did."""
+    options = ocp.CheckpointManagerOptions(
+        best_fn=lambda m: float(m["miou"]), best_mode="max", enable_async_checkpointing=False
+    )
+    handlers = {
+        "state": ocp.StandardCheckpointHandler(),
+        "extra": ocp.JsonCheckpointHandler(),
+        "checksums": ocp.JsonCheckpointHandler(),
+    }
+    directory = workdir_lib.resolve(workdir) / "checkpoints"
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+        for step, state, miou in steps_and_states:
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                extra=ocp.args.JsonSave({"step": step}),
+                checksums=ocp.args.JsonSave(checkpointing.array_checksums(state)),
+            )
+            manager.save(step, args=args, metrics=None if miou is None else {"miou": miou})
+
+
+def test_checkpoints_of_the_previous_format_restore_and_resume(tmp_path, mesh):
+    ranked, latest = make_state(1), make_state(2)
+    _write_old_format(tmp_path, [(4, ranked, 0.5), (6, latest, None)])
+    assert (tmp_path / "checkpoints" / "6" / "extra").is_dir()
+    target = restore_target(ranked, mesh)
+    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:  # eval.py's view
+        assert (ckpt.all_steps(), ckpt.best_step()) == ([4, 6], 4)
+        assert_trees_equal(ckpt.restore(target, "best"), ranked)
+        inference = ckpt.restore(restore_target(ranked.replace(opt_state=None), mesh), partial=True)
+        assert_trees_equal(inference, latest.replace(opt_state=None))
+    # A resumed run: the old latest step restores verified, new saves sit beside the old ones.
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert_trees_equal(ckpt.restore_latest_intact(target), latest)
+        assert ckpt.save(8, ranked, metrics={"miou": 0.7})
+        ckpt.wait_until_finished()
+        assert (ckpt.all_steps(), ckpt.best_step()) == ([6, 8], 8)

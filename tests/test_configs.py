@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg import optim, sharding, train_lib
+from jaxseg import optim, sharding, train_state
 from jaxseg.data import datasets
 from jaxseg.models import build_model
 
@@ -28,14 +28,14 @@ def test_config_builds_train_state(name):
     assert config.model.num_classes == spec.num_classes, name
     assert config.batch_size % config.grad_accum_steps == 0
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
-    abstract, _, _ = train_lib.create_state(config, model, tx, mesh)
+    abstract, _, _ = train_state.create_state(config, model, tx, mesh, spec)
     assert int(np.prod(abstract.step.shape)) == 1
     assert jax.tree.leaves(abstract.params)
     # The learning rate is defined over the whole run and finite at both ends.
     for step in (0, config.total_steps - 1):
-        assert np.isfinite(optim.learning_rate_at(config.optim, config.total_steps, step))
+        assert np.isfinite(float(schedule(step)))
 
 
 def test_fcn_recipes_follow_reference_release():

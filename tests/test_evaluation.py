@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import evaluation, inference, metrics, optim, sharding, train_lib
+from jaxseg import evaluation, inference, metrics, optim, sharding, train_state
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model
 
@@ -59,9 +60,9 @@ def random_run(smoke_config):
     config = smoke_config
     spec = datasets.dataset_spec(config.data)
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh()
-    _, _, init = train_lib.create_state(config, model, tx, mesh)
+    _, _, init = train_state.create_state(config, model, tx, mesh, spec)
     state = init(jax.random.key(3))
     result = evaluation.Evaluator(config, model, mesh, spec).evaluate(state)
     return spec, model, mesh, state, result
@@ -72,7 +73,7 @@ def test_split_confusion_matrix_on_8_devices_equals_numpy(smoke_config, random_r
     spec, model, mesh, state, result = random_run
 
     # Oracle: every real example once, on the host, with numpy bincount.
-    variables = jax.device_get(evaluation.variables_of(state))
+    variables = jax.device_get(train_state.variables_of(state))
     apply = jax.jit(functools.partial(inference.whole_image_logits, model))
     cm, seen = _oracle_confusion(config, functools.partial(apply, variables), spec.num_classes)
     assert seen == 11 == result["num_examples"]
@@ -141,22 +142,20 @@ def test_two_simulated_hosts_sum_to_the_whole_split(smoke_config):
     assert parts[0][0].sum() > 0 and parts[1][0].sum() > 0  # both hosts really scored pixels
 
 
-def test_eval_checkpoint_report_equals_numpy_and_writes_figures(smoke_config, tmp_path):
+def test_eval_checkpoint_report_equals_numpy_and_writes_figures(smoke_run, tmp_path):
     """eval.py's library call on a trained smoke run: report.json == numpy oracle; PNGs real."""
     import json
+    import shutil
 
     from PIL import Image
 
-    config = smoke_config.copy_and_resolve_references()
-    config.total_steps = 2
-    config.eval_every_steps = 2
-    config.checkpoint_every_steps = 2
     workdir = str(tmp_path / "run")
-    train_lib.train_and_evaluate(config, workdir)
+    shutil.copytree(smoke_run, workdir)  # The shared run stays as training left it.
+    config = workdir_lib.read_config(workdir)  # What eval.py reads.
     result = evaluation.evaluate_checkpoint(config, workdir, "latest")
 
-    model, state = train_lib.restore_checkpoint(config, workdir, "latest")
-    variables = jax.device_get(evaluation.variables_of(state))
+    model, state = train_state.restore_checkpoint(config, workdir, "latest")
+    variables = jax.device_get(train_state.variables_of(state))
     apply = jax.jit(functools.partial(inference.whole_image_logits, model))
     spec = datasets.dataset_spec(config.data)
     cm, n = _oracle_confusion(config, functools.partial(apply, variables), spec.num_classes)
@@ -166,8 +165,9 @@ def test_eval_checkpoint_report_equals_numpy_and_writes_figures(smoke_config, tm
     expected = metrics.compute_metrics(cm, list(spec.class_names))
     for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou"):
         assert report[key] == pytest.approx(expected[key], abs=1e-12)
-    assert report["confusion_matrix"] == cm.tolist() and report["num_examples"] == n == 11
-    assert report["step"] == 2 and report["split"] == config.data.eval_split
+    assert report["confusion_matrix"] == cm.tolist()
+    assert report["num_examples"] == n == config.data.synthetic.num_validation
+    assert report["step"] == config.total_steps and report["split"] == config.data.eval_split
     assert report["inference"] == "whole_image" and result["mean_iou"] == report["mean_iou"]
     for name in ("confusion_matrix.png", "predictions.png", "curves.png"):
         image = np.asarray(Image.open(f"{workdir}/eval/{name}").convert("L"), np.float32)

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseg import checkpointing, export, inference, prediction, tiled_inference
+from jaxseg import export, inference, prediction, tiled_inference
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import pipeline
 from jaxseg.models import MODELS
 
@@ -31,7 +32,7 @@ def predictor(smoke_run):
 @pytest.fixture(scope="module")
 def validation_images(smoke_run):
     """The validation split's images as the uint8 pixels a user would feed: [N, 32, 32, 3]."""
-    config = checkpointing.read_config(str(smoke_run))
+    config = workdir_lib.read_config(str(smoke_run))
     batch = next(iter(pipeline.make_eval_iterator(config.data, global_batch_size=8)))
     keep = np.flatnonzero(batch["valid"])
     mean, std = np.asarray(config.data.mean), np.asarray(config.data.std)
@@ -102,7 +103,7 @@ def test_savedmodel_round_trip_equals_inference(savedmodel_dir, predictor, valid
 
 
 def test_card_describes_inputs_and_source(stablehlo_dir, savedmodel_dir, smoke_run, predictor):
-    config = checkpointing.read_config(str(smoke_run))
+    config = workdir_lib.read_config(str(smoke_run))
     for folder, fmt in ((stablehlo_dir, "stablehlo"), (savedmodel_dir, "savedmodel")):
         card = json.loads((open(os.path.join(folder, "card.json"))).read())
         assert card["format"] == fmt

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import unet_isbi
-from jaxseg import evaluation, losses, metrics, optim, sharding, train_lib
+from jaxseg import evaluation, losses, metrics, optim, sharding, train_lib, train_state
 from jaxseg.data import datasets, pipeline
 from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
@@ -87,13 +87,13 @@ def test_evaluation_reports_isbi_pixel_and_rand_errors_equal_to_numpy(config):
     model = build_model(config.model)
     mesh = sharding.make_mesh()
     assert mesh.devices.size == 8
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    _, _, init = train_lib.create_state(config, model, tx, mesh)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    _, _, init = train_state.create_state(config, model, tx, mesh, spec)
     state = init(jax.random.key(0))
     result = evaluation.Evaluator(config, model, mesh, spec).evaluate(state)
 
     predict = jax.jit(evaluation.inference_fn(model, config.eval))
-    variables = evaluation.variables_of(state)
+    variables = train_state.variables_of(state)
     labels, preds = [], []
     for batch in pipeline.make_eval_iterator(config.data, global_batch_size=8):
         keep = batch["valid"]
@@ -127,10 +127,11 @@ def test_train_step_weights_its_loss_by_the_batch_weight_map(config):
     config.batch_size = 8
     model = build_model(config.model)
     mesh = sharding.make_mesh()
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    _, state_sharding, init = train_lib.create_state(config, model, tx, mesh)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    spec = datasets.dataset_spec(config.data)
+    _, state_sharding, init = train_state.create_state(config, model, tx, mesh, spec)
     state = init(jax.random.key(0))
-    variables = evaluation.variables_of(state)
+    variables = train_state.variables_of(state)
     local = next(
         pipeline.make_train_iterator(
             config.data, global_batch_size=8, seed=0, context=input_context(model, (56, 56))

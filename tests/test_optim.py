@@ -59,7 +59,7 @@ def _grads(seed: int) -> dict:
 
 def _run(cfg, grads_per_step, total_steps=100, params=None):
     """Applies one update per gradient tree; returns (params history, last opt_state)."""
-    tx = optim.make_optimizer(cfg, total_steps)
+    tx, _ = optim.make_optimizer(cfg, total_steps)
     params = _params() if params is None else params
     state = tx.init(params)
     history = [params]
@@ -131,17 +131,17 @@ def test_optimizer_follows_schedule_and_resumes_it():
     total = 6
     params = {"w": jnp.zeros(())}
     ones = {"w": jnp.ones(())}
-    tx = optim.make_optimizer(cfg, total)
+    tx, schedule = optim.make_optimizer(cfg, total)
     state = tx.init(params)
     observed = []
     for step in range(total):
         if step == 3:
             # As after a restart: a fresh transformation, the restored (host-copied) state.
-            tx = optim.make_optimizer(cfg, total)
+            tx, _ = optim.make_optimizer(cfg, total)
             state = jax.tree.map(np.asarray, state)
         updates, state = tx.update(ones, state, params)
         observed.append(-float(updates["w"]))
-    expected = [optim.learning_rate_at(cfg, total, s) for s in range(total)]
+    expected = [float(schedule(s)) for s in range(total)]
     np.testing.assert_allclose(observed, expected, rtol=1e-6)
     assert expected[0] == 0.0 and expected[2] == 1.0
 
@@ -166,7 +166,7 @@ def test_bad_config_raises_naming_the_field(overrides, match):
 @pytest.mark.parametrize("key", ["frozen", "lr_multipliers"])
 def test_regex_matching_no_parameter_raises_at_init(key):
     value = ("decoder",) if key == "frozen" else (("decoder", 2.0),)
-    tx = optim.make_optimizer(_cfg(**{key: value}), total_steps=10)
+    tx, _ = optim.make_optimizer(_cfg(**{key: value}), total_steps=10)
     with pytest.raises(ValueError, match=f"optim.{key}: regex 'decoder' matches no"):
         tx.init(_params())
 
@@ -316,7 +316,7 @@ def test_jitted_update_matches_eager():
         lr_multipliers=((r"bias$", 2.0),),
         frozen=("backbone",),
     )
-    tx = optim.make_optimizer(cfg, total_steps=10)
+    tx, _ = optim.make_optimizer(cfg, total_steps=10)
     params, grads = _params(), _grads(3)
     state = tx.init(params)
     state = tx.update(grads, state, params)[1]  # past warmup's lr = 0 step

@@ -13,7 +13,8 @@ import pytest
 from conftest import write_blob_images
 from PIL import Image
 
-from jaxseg import checkpointing, inference, prediction, train_lib, visualize
+from jaxseg import inference, prediction, train_lib, train_state, visualize
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets
 from jaxseg.models import build_model
 
@@ -42,7 +43,7 @@ def images(tmp_path_factory):
 def _oracle_labels(workdir, predictor, pixels: np.ndarray, pad_hw=None) -> np.ndarray:
     """argmax of whole_image_logits on an image normalised by hand from config.json, then
     zero-padded at the bottom/right to pad_hw (0 after normalisation: the pipeline's border)."""
-    config = checkpointing.read_config(str(workdir))
+    config = workdir_lib.read_config(str(workdir))
     model = build_model(config.model)
     x = (pixels.astype(np.float32) / 255 - np.float32(config.data.mean)) / np.float32(
         config.data.std
@@ -60,7 +61,7 @@ def _oracle_labels(workdir, predictor, pixels: np.ndarray, pad_hw=None) -> np.nd
 def test_predict_writes_one_palette_mask_per_image_at_its_size(workdir, images, tmp_path):
     out = tmp_path / "masks"
     paths = prediction.predict(str(workdir), str(images), str(out), "best", overlay=True)
-    spec = datasets.dataset_spec(checkpointing.read_config(str(workdir)).data)
+    spec = datasets.dataset_spec(workdir_lib.read_config(str(workdir)).data)
     assert [p.split("/")[-1] for p in paths] == [f"{s}.png" for s in SIZES]
     for stem, (h, w) in SIZES.items():
         with Image.open(out / f"{stem}.png") as mask:
@@ -210,9 +211,9 @@ def test_16bit_images_predict_masks_equal_eval_predictions(em_run, tmp_path):
     written = json.loads((workdir / "config.json").read_text())
     assert written["data"]["folder"]["intensity_range"] == [low, high]
 
-    config = checkpointing.read_config(str(workdir))
+    config = workdir_lib.read_config(str(workdir))
     mesh = sharding.make_mesh()
-    model, state = train_lib.restore_checkpoint(config, str(workdir), "latest", mesh)
+    model, state = train_state.restore_checkpoint(config, str(workdir), "latest", mesh)
     evaluator = evaluation.Evaluator(config, model, mesh, datasets.dataset_spec(config.data))
     eval_images, _, eval_preds = evaluator.sample_predictions(state)
     assert len(eval_preds) == 4

@@ -18,7 +18,8 @@ from conftest import write_blob_images
 from PIL import Image
 
 import jaxseg
-from jaxseg import checkpointing, evaluation, inference, prediction, sharding, tiled_inference
+from jaxseg import evaluation, inference, prediction, sharding, tiled_inference
+from jaxseg import workdir as workdir_lib
 from jaxseg.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def _normalised(predictor, path):
 @functools.cache
 def _eval_fn(model, workdir, fields):
     """eval's inference (evaluation.inference_fn of config.eval + `fields`), jitted once."""
-    config = checkpointing.read_config(workdir)
+    config = workdir_lib.read_config(workdir)
     with config.unlocked():
         for key, value in fields:
             config.eval[key] = value

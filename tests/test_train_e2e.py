@@ -30,8 +30,9 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from jaxseg import checkpointing, optim, sharding, train_lib
+from jaxseg import checkpointing, optim, sharding, train_lib, train_state
 from jaxseg import workdir as workdir_lib
+from jaxseg.data import datasets
 from jaxseg.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,18 +148,19 @@ def checkpoint_steps(workdir: Path) -> tuple[list[int], list[str]]:
 
 
 def make_restore(config):
-    """fn(workdir, step) -> (host TrainState, extra), restored through the train loop's path."""
+    """fn(workdir, step) -> host TrainState, restored through the train loop's path."""
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    abstract, _, _ = train_lib.create_state(config, model, tx, sharding.make_mesh())
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    spec = datasets.dataset_spec(config.data)
+    abstract, _, _ = train_state.create_state(config, model, tx, sharding.make_mesh(), spec)
 
     def restore(workdir: Path, step: int | str = "latest"):
         ckpt = checkpointing.Checkpointer(workdir, read_only=True)
         try:
-            state, extra = ckpt.restore(abstract, step)
+            state = ckpt.restore(abstract, step)
         finally:
             ckpt.close()
-        return jax.device_get(state), extra
+        return jax.device_get(state)
 
     return restore
 
@@ -334,8 +336,8 @@ def restore():
 @pytest.fixture(scope="module")
 def straight_final(runs, restore):
     assert runs.straight.returncode == 0, runs.straight.tail()
-    state, extra = restore(runs.straight.workdir, TOTAL_STEPS)
-    assert extra["step"] == TOTAL_STEPS and int(state.step) == TOTAL_STEPS
+    state = restore(runs.straight.workdir, TOTAL_STEPS)
+    assert int(state.step) == TOTAL_STEPS
     return state
 
 
@@ -350,7 +352,7 @@ def test_straight_run_writes_checkpoints_config_metrics_and_events(runs, restore
     assert complete == [HALF, TOTAL_STEPS] and partial == []
     # The run trained: step HALF -> TOTAL_STEPS moved the parameters (the resume tests' equality
     # checks are therefore not vacuous).
-    halfway, _ = restore(workdir, HALF)
+    halfway = restore(workdir, HALF)
     assert max_param_change(halfway.params, straight_final.params) > 1e-3
 
     config = expected_config(checkpoint_every_steps=HALF)
@@ -434,7 +436,7 @@ def test_max_steps_per_run_then_rerun_matches_straight_run(runs, restore, straig
     assert chain.complete_after_first == [HALF]
     assert chain.second.returncode == 0, chain.second.tail()
     assert f"Resumed from step {HALF}" in chain.second.log, chain.second.tail()
-    state, _ = restore(chain.second.workdir, "latest")
+    state = restore(chain.second.workdir, "latest")
     assert int(state.step) == TOTAL_STEPS
     assert_states_close(state, straight_final)
     # Same parameters, same evaluation.
@@ -464,7 +466,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_the_rerun_resumes_there(
     # ... and the third invocation ends where the straight run did.
     final = preemption.sigkill.second
     assert final.returncode == 0, final.tail()
-    state, _ = restore(final.workdir, "latest")
+    state = restore(final.workdir, "latest")
     assert_states_close(state, straight_final)
 
 
@@ -488,7 +490,7 @@ def test_sigkill_mid_save_never_restores_the_partial_checkpoint(runs, restore, s
     assert f"Resumed from step {last_complete}" in chain.second.log, chain.second.tail()
     complete, partial = checkpoint_steps(chain.second.workdir)
     assert partial == [] and complete[-1] == TOTAL_STEPS
-    state, _ = restore(chain.second.workdir, "latest")
+    state = restore(chain.second.workdir, "latest")
     assert int(state.step) == TOTAL_STEPS
     assert_states_close(state, straight_final)
     # The killed run had logged steps past its last checkpoint; the resumed runs logged them

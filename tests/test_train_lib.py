@@ -1,22 +1,24 @@
 """The train loop in-process: init_from another run, the non-finite stop, bfloat16 compute."""
 
+import json
 import math
+import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from configs import smoke
-from jaxseg import checkpointing, optim, sharding, train_lib
+from jaxseg import checkpointing, optim, sharding, train_lib, train_state
+from jaxseg import workdir as workdir_lib
+from jaxseg.data import datasets
 from jaxseg.models import build_model
 
 
-def _smoke(data_dir, **overrides):
-    config = smoke.get_config()
-    config.data.data_dir = data_dir
-    config.total_steps = 3
-    config.eval_every_steps = 3
-    config.checkpoint_every_steps = 3
+def _config(workdir, **overrides):
+    """The run's config.json (what eval.py and a resumed train.py read), with `overrides`."""
+    config = workdir_lib.read_config(workdir)
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -27,39 +29,41 @@ def _smoke(data_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, data_dir):
-    workdir = str(tmp_path_factory.mktemp("run_a"))
-    result = train_lib.train_and_evaluate(_smoke(data_dir), workdir)
-    return workdir, result
+def trained_run(smoke_run):
+    """The session's smoke run (tests/conftest.py): 6 steps, evaluated and saved at 3 and 6."""
+    return str(smoke_run)
 
 
 def _restore(config, workdir, step="latest"):
-    return train_lib.restore_checkpoint(config, workdir, step)[1]
+    return train_state.restore_checkpoint(config, workdir, step)[1]
 
 
 def test_run_writes_report_and_checkpoint(trained_run):
-    workdir, result = trained_run
-    assert 0.0 <= result["mean_iou"] <= 1.0 and result["num_examples"] == 8
+    workdir = trained_run
+    with open(os.path.join(workdir, "eval", "report.json")) as f:
+        report = json.load(f)
+    assert 0.0 <= report["mean_iou"] <= 1.0 and report["num_examples"] == 8
+    assert report["step"] == 6 and report["checkpoint"] == "final"
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    evals = {r["step"]: r["mean_iou"] for r in records if r["split"] == "eval"}
+    assert sorted(evals) == [3, 6] and evals[6] == report["mean_iou"]
     ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    assert ckpt.all_steps() == [3] and ckpt.best_step() == 3
+    assert ckpt.all_steps() == [3, 6] and ckpt.best_step() == max(evals, key=evals.get)
     ckpt.close()
 
 
-def test_init_from_run_copies_every_shared_parameter(trained_run, data_dir):
-    workdir, _ = trained_run
-    source = _restore(_smoke(data_dir), workdir)
+def test_init_from_run_copies_every_shared_parameter(trained_run):
+    workdir = trained_run
+    source = _restore(_config(workdir), workdir)
     # A different decoder: bilinear up-sampling has [1, 1, C, C/2] kernels, not [2, 2, C, C/2].
-    config = _smoke(data_dir, **{"model.upsampling": "bilinear", "init_from": workdir})
+    config = _config(workdir, **{"model.upsampling": "bilinear", "init_from": workdir})
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
-    abstract, _, init = train_lib.create_state(config, model, tx, sharding.make_mesh())
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    spec = datasets.dataset_spec(config.data)
+    abstract, _, init = train_state.create_state(config, model, tx, sharding.make_mesh(), spec)
     fresh = init(jax.random.key(0))
-    state = train_lib._initial_weights(config, fresh, abstract)
+    state = train_state.initial_weights(config, fresh, abstract)
     np.testing.assert_array_equal(
         state.params["down1"]["conv1"]["kernel"], source.params["down1"]["conv1"]["kernel"]
     )
@@ -72,29 +76,29 @@ def test_init_from_run_copies_every_shared_parameter(trained_run, data_dir):
     assert int(state.step) == 0  # weights only: a new run with its own schedule
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(trained_run, data_dir, tmp_path):
-    workdir, _ = trained_run
-    import shutil
-
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(trained_run, tmp_path):
+    workdir = trained_run
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
     nan = float("nan")
-    config = _smoke(data_dir, **{"total_steps": 6, "loss.class_weights": (nan,) * 6})
-    with pytest.raises(train_lib.NonFiniteLossError, match="step 4"):
+    # Resumed from step 6; the first log step (every 2) after it finds the loss non-finite.
+    config = _config(copy, **{"total_steps": 9, "loss.class_weights": (nan,) * 6})
+    with pytest.raises(train_lib.NonFiniteLossError, match="step 8"):
         train_lib.train_and_evaluate(config, copy)
     ckpt = checkpointing.Checkpointer(copy, read_only=True)
-    assert ckpt.all_steps() == [3]
+    assert ckpt.all_steps() == [3, 6]
     ckpt.close()
-    state = _restore(_smoke(data_dir), copy, 3)
+    state = _restore(_config(copy), copy, 6)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
-def test_bfloat16_compute_keeps_float32_params_and_loss(data_dir):
-    config = _smoke(data_dir, **{"model.dtype": "bfloat16"})
+def test_bfloat16_compute_keeps_float32_params_and_loss(trained_run):
+    config = _config(trained_run, **{"model.dtype": "bfloat16"})
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, config.total_steps)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh()
-    _, shardings, init = train_lib.create_state(config, model, tx, mesh)
+    spec = datasets.dataset_spec(config.data)
+    _, shardings, init = train_state.create_state(config, model, tx, mesh, spec)
     state = init(jax.random.key(0))
     step = train_lib.make_train_step(config, model, tx, mesh, shardings)
     rng = np.random.default_rng(0)
@@ -109,35 +113,30 @@ def test_bfloat16_compute_keeps_float32_params_and_loss(data_dir):
     assert abs(float(metrics["loss"]) - math.log(6)) < 0.5
 
 
-def test_nan_right_after_a_save_keeps_the_newer_checkpoint(
-    trained_run, data_dir, tmp_path, monkeypatch
-):
-    """The save of step 4 is still being written when the loss of step 5 is found non-finite:
+def test_nan_right_after_a_save_keeps_the_newer_checkpoint(trained_run, tmp_path, monkeypatch):
+    """The save of step 7 is still being written when the loss of step 8 is found non-finite:
     the loop must wait for it (a finished save of a finite state is good data)."""
-    import shutil
-
-    workdir, _ = trained_run
     copy = tmp_path / "run"
-    shutil.copytree(workdir, copy)
+    shutil.copytree(trained_run, copy)
     real_check = train_lib._check_finite
 
-    def nan_at_step_5(metrics, step, **kwargs):
-        if step == 5:  # Where a real NaN is detected: the first log step after the save.
+    def nan_at_step_8(metrics, step, **kwargs):
+        if step == 8:  # Where a real NaN is detected: the first log step after the save.
             metrics = dict(metrics, loss=float("nan"))
         return real_check(metrics, step, **kwargs)
 
-    monkeypatch.setattr(train_lib, "_check_finite", nan_at_step_5)
-    config = _smoke(data_dir, total_steps=6, log_every_steps=1, checkpoint_every_steps=1)
-    with pytest.raises(train_lib.NonFiniteLossError, match="step 5") as error:
+    monkeypatch.setattr(train_lib, "_check_finite", nan_at_step_8)
+    config = _config(copy, total_steps=9, log_every_steps=1, checkpoint_every_steps=1)
+    with pytest.raises(train_lib.NonFiniteLossError, match="step 8") as error:
         train_lib.train_and_evaluate(config, str(copy))
     # Checked at once, before anything else could finish the save in the background.
-    names = sorted(p.name for p in (copy / "checkpoints").iterdir())
-    assert names == ["3", "4"], names
+    names = sorted((p.name for p in (copy / "checkpoints").iterdir()), key=int)
+    assert names[-2:] == ["6", "7"], names  # (3 too if it is the best by mIoU)
     # grad_clip_norm is on in smoke (default 1.0): the hint must not suggest enabling it.
     assert "already clipped" in str(error.value) and "enable" not in str(error.value)
     assert not (copy / "train.lock").exists()  # Released on the error path too.
-    state = _restore(config, str(copy), 4)
-    assert int(state.step) == 4
+    state = _restore(config, str(copy), 7)
+    assert int(state.step) == 7
 
 
 def test_nan_hint_suggests_clipping_only_when_it_is_off():

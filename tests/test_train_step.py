@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import AxisType, Mesh
 
 from configs import default
-from jaxseg import optim, sharding, train_lib
+from jaxseg import optim, sharding, train_lib, train_state
 from jaxseg.models import build_model
 
 NUM_CLASSES = 3
@@ -58,8 +58,8 @@ def _mesh(num_devices, fsdp=1):
 
 def _run(config, mesh, batches, min_fsdp_size=2**18):
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, 100)
-    init = functools.partial(train_lib.init_state, model=model, tx=tx, input_shape=(1, 16, 16, 3))
+    tx, _ = optim.make_optimizer(config.optim, 100)
+    init = functools.partial(train_state.init_state, model=model, tx=tx, input_shape=(1, 16, 16, 3))
     abstract = jax.eval_shape(init, jax.random.key(0))
     shardings = sharding.state_shardings(abstract, mesh, min_fsdp_size=min_fsdp_size)
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
@@ -119,8 +119,10 @@ def test_train_step_compiles_once(single_device_run):
 def test_dropout_rng_differs_per_step_and_state_rng_is_stable():
     config = _config(use_batchnorm=False, dropout=0.5)
     model = build_model(config.model)
-    tx = optim.make_optimizer(config.optim, 100)
-    state = train_lib.init_state(jax.random.key(0), model=model, tx=tx, input_shape=(1, 16, 16, 3))
+    tx, _ = optim.make_optimizer(config.optim, 100)
+    state = train_state.init_state(
+        jax.random.key(0), model=model, tx=tx, input_shape=(1, 16, 16, 3)
+    )
     step = jax.jit(
         functools.partial(
             train_lib.train_step, model=model, tx=tx, loss_cfg=config.loss, num_classes=NUM_CLASSES

@@ -36,34 +36,10 @@ _graph_fn = tf.autograph.experimental.do_not_convert
 _SHUFFLE_SALT = 0x5EED  # keeps shuffle draws apart from augmentation draws of the same seed
 
 
-class TrainIterator:
-    """Iterator of host-local training batches that knows its position.
-
-    Yields `{"image": float32 [L, h, w, C], "label": int32 [L, h, w]}` with L = global batch /
-    process count. `state()` is the JSON-able position to store in a checkpoint; restore with
-    `make_train_iterator(..., start_step=state["step"])`.
-    """
-
-    def __init__(self, dataset: tf.data.Dataset, start_step: int):
-        self._batches = dataset.as_numpy_iterator()
-        self.step = start_step  # the step of the next batch
-
-    def __iter__(self) -> "TrainIterator":
-        return self
-
-    def __next__(self) -> Batch:
-        batch = next(self._batches)
-        self.step += 1
-        return batch
-
-    def state(self) -> dict[str, int]:
-        return {"step": self.step}
-
-
 class EvalBatches:
     """Re-iterable padded evaluation batches of one host.
 
-    Each pass yields `len(self)` batches `{"image": float32 [L, H, W, C], "label": int32
+    Each pass yields `num_batches` batches `{"image": float32 [L, H, W, C], "label": int32
     [L, H, W], "valid": bool [L]}` with (H, W) = `config.data.eval_pad_size`; the count is the
     same on every host. Padding pixels have label 255; padding examples have valid=False.
     """
@@ -72,9 +48,6 @@ class EvalBatches:
         self._dataset = dataset
         self.num_batches = num_batches
         self.num_examples = num_examples  # in the whole split, over all hosts
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
         return self._dataset.as_numpy_iterator()
@@ -97,18 +70,25 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def open_split(data_cfg: ml_collections.ConfigDict, split: str, *, key: str):
+def open_split(
+    data_cfg: ml_collections.ConfigDict,
+    split: str,
+    *,
+    key: str,
+    spec: datasets.DatasetSpec | None = None,
+):
     """Prepares the data set if needed and opens `split` for reading raw records by index.
 
     Args:
       data_cfg: `config.data`.
       split: split name, tfds slicing allowed ("train[:90%]").
       key: the config key `split` came from, for error messages.
+      spec: `datasets.dataset_spec(data_cfg)` if the caller has it (a run computes it once).
 
     Returns:
       (spec, source): the DatasetSpec and a sequence of serialized tf.train.Examples.
     """
-    spec = datasets.dataset_spec(data_cfg)
+    spec = spec or datasets.dataset_spec(data_cfg)
     if len(data_cfg.mean) != spec.image_channels or len(data_cfg.std) != spec.image_channels:
         raise ValueError(
             f"config.data.mean/std have {len(data_cfg.mean)}/{len(data_cfg.std)} values but "
@@ -233,28 +213,33 @@ def make_train_iterator(
     seed: int,
     start_step: int = 0,
     context: tuple[int, int] = (0, 0),
+    spec: datasets.DatasetSpec | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> TrainIterator:
+) -> Iterator[Batch]:
     """Endless, deterministic, resumable training batches for this host.
 
     Args:
       data_cfg: `config.data` (dataset, `train_split`, augmentation, crop size, ...).
       global_batch_size: examples per step over all hosts; a multiple of process_count.
       seed: data seed (shuffling and augmentation).
-      start_step: first step to yield; pass `state()["step"]` of a saved iterator to resume.
+      start_step: first step to yield: a resumed run passes its restored state's step (the
+        batches are a pure function of (seed, step), so nothing else needs saving).
       context: (rows, cols) the model's output lies inside its input
         (`jaxseg.models.input_context`); images are mirror-padded by it before augmentation.
+      spec: `datasets.dataset_spec(data_cfg)` if the caller has it.
       process_index, process_count: this host and the host count; default from jax.
 
     Returns:
-      a TrainIterator of `{"image": float32 [L, h, w, C] normalised, "label": int32 [L, h, w]}`
+      an iterator of `{"image": float32 [L, h, w, C] normalised, "label": int32 [L, h, w]}`
       (plus "weight": float32 [L, h, w] with `config.data.weight_map`),
       L = global_batch_size / process_count, (h, w) = `config.data.crop_size`.
     """
     index, count = _processes(process_index, process_count)
     local = _local_batch_size(global_batch_size, count)
-    spec, source = open_split(data_cfg, data_cfg.train_split, key="config.data.train_split")
+    spec, source = open_split(
+        data_cfg, data_cfg.train_split, key="config.data.train_split", spec=spec
+    )
     num_examples = len(source)
     if data_cfg.weight_map and spec.num_classes != 2:
         raise ValueError(
@@ -292,13 +277,14 @@ def make_train_iterator(
         .batch(local, drop_remainder=True)
         .prefetch(data_cfg.prefetch_batches)
     )
-    return TrainIterator(dataset.with_options(_options()), start_step)
+    return dataset.with_options(_options()).as_numpy_iterator()
 
 
 def make_eval_iterator(
     data_cfg: ml_collections.ConfigDict,
     *,
     global_batch_size: int,
+    spec: datasets.DatasetSpec | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> EvalBatches:
@@ -307,16 +293,17 @@ def make_eval_iterator(
     Args:
       data_cfg: `config.data` (`eval_split`, `eval_pad_size`, mean/std).
       global_batch_size: examples per step over all hosts; a multiple of process_count.
+      spec: `datasets.dataset_spec(data_cfg)` if the caller has it.
       process_index, process_count: this host and the host count; default from jax.
 
     Returns:
-      EvalBatches (re-iterable, with len()) of `{"image": float32 [L, H, W, C], "label": int32
-      [L, H, W], "valid": bool [L]}`, (H, W) = `config.data.eval_pad_size`.
+      EvalBatches (re-iterable, `num_batches` per pass) of `{"image": float32 [L, H, W, C],
+      "label": int32 [L, H, W], "valid": bool [L]}`, (H, W) = `config.data.eval_pad_size`.
     """
     index, count = _processes(process_index, process_count)
     local = _local_batch_size(global_batch_size, count)
     split = data_cfg.eval_split
-    spec, source = open_split(data_cfg, split, key="config.data.eval_split")
+    spec, source = open_split(data_cfg, split, key="config.data.eval_split", spec=spec)
     num_examples = len(source)
     per_host = math.ceil(num_examples / count)
     start = min(index * per_host, num_examples)
