@@ -14,7 +14,8 @@ import numpy as np
 import optax
 from scipy import ndimage
 
-from jaxseg.metrics import IGNORE_LABEL, pixel_mask
+from jaxseg.labels import IGNORE_ID
+from jaxseg.metrics import pixel_mask
 
 
 def _check_shapes(logits: jax.Array, labels: jax.Array) -> None:
@@ -247,7 +248,7 @@ def binary_weight_map(
       [H, W] float32 weights.
     """
     label = np.asarray(label)
-    scored = label != IGNORE_LABEL
+    scored = label != IGNORE_ID
     is_cell = label == cell_class
     instances, _ = ndimage.label(is_cell)  # default structure: 4-connectivity in 2-D
     counts = np.array([np.sum(scored & ~is_cell), np.sum(is_cell)], np.float64)
