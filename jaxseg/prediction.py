@@ -22,6 +22,7 @@ predict.py sees exactly the borders that training and evaluation saw. An image w
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -111,7 +112,6 @@ def load_predictor(
     """
     from jaxseg import checkpointing, evaluation, sharding, train_lib
     from jaxseg.data import datasets
-    from jaxseg.models import UNet
 
     config = checkpointing.read_config(workdir)
     spec = datasets.dataset_spec(config.data)
@@ -134,9 +134,9 @@ def load_predictor(
         batch_size=tiled_inference.batch_size_for(mesh, batch_size_per_device),
         max_tile=max_tile,
     )
-    bucket = BUCKET
-    if isinstance(model, UNet) and model.padding == "SAME":
-        bucket = max(bucket, 2**model.depth)  # Both powers of two: max is the lcm.
+    # Buckets are multiples of the model's size step, so a padded U-Net takes a bucket as it is,
+    # with the pipeline's zero border, instead of whole_image_logits mirror-padding it further.
+    bucket = math.lcm(BUCKET, model.size_step)
     return Predictor(
         predict=engine.whole.fn,
         variables=engine.whole.variables,

@@ -18,6 +18,16 @@ TRACES = {"pointwise": 0}
 class Pointwise(nn.Module):
     """A 1x1 conv: receptive field one pixel, so any tiling of it is exact."""
 
+    # The size rule every jaxseg model states (jaxseg.models.output_size): any side, same out.
+    input_context = 0
+    size_step = 1
+
+    def output_size(self, input_size):
+        return input_size
+
+    def valid_input_size(self, size):
+        return size
+
     @nn.compact
     def __call__(self, x, *, train):
         TRACES["pointwise"] += 1  # Python runs only while tracing: counts compilations.
