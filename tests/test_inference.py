@@ -69,6 +69,28 @@ def padded_whole(padded_unet):
     return jax.jit(functools.partial(inference.whole_image_logits, padded_unet[0]))
 
 
+@pytest.mark.parametrize("hw", [(20, 28), (33, 17)])
+def test_valid_unet_whole_image_logits_cover_the_image(valid_unet, hw):
+    """Mirror-padding makes a valid U-Net's output cover any image; its centre is unchanged."""
+    model, variables = valid_unet
+    x = _images((1, *hw, 2))
+    logits = jax.jit(functools.partial(inference.whole_image_logits, model))(variables, x)
+    assert logits.shape == (1, *hw, NUM_CLASSES)
+    # Pixels far from the border see only real pixels either way: compare with a direct call on
+    # a valid-size crop around them (depth 2: 44 in -> 4 out, margin 20 px).
+    direct = model.apply(
+        variables,
+        jnp.pad(x, ((0, 0), (20, 20), (20, 20), (0, 0)), mode="reflect")[:, :44, :44],
+        train=False,
+    )
+    np.testing.assert_allclose(logits[:, :4, :4], direct, atol=1e-5)
+
+
+def test_padded_unet_whole_image_logits_for_non_multiple_sizes(padded_whole, padded_unet):
+    logits = padded_whole(padded_unet[1], jnp.ones((2, 13, 10, 2)))
+    assert logits.shape == (2, 13, 10, NUM_CLASSES)
+
+
 def test_tile_starts_hand_computed():
     assert inference.tile_starts(10, 4, 3) == [0, 3, 6]
     assert inference.tile_starts(10, 4, 4) == [0, 4, 6]  # last tile flush with the border
