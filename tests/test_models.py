@@ -212,12 +212,8 @@ def test_size_rules_state_the_papers_numbers():
     padded = MODELS["unet_padded"]()
     assert (padded.input_context, padded.size_step, padded.valid_input_size(50)) == (0, 16, 64)
     fcn = MODELS["fcn8s"]()
-    assert (fcn.input_context, fcn.size_step, fcn.output_size(37), fcn.valid_input_size(5)) == (
-        0,
-        1,
-        37,
-        5,
-    )
+    assert (fcn.input_context, fcn.size_step) == (0, 1)
+    assert fcn.output_size(37) == 37 and fcn.valid_input_size(5) == 5
 
 
 @pytest.fixture(scope="module")
