@@ -9,16 +9,11 @@ reports 63.6 on seg11valid). `--config.loss.normalize=True` switches to the pixe
 equivalent learning rate (see configs/fcn_voc_common.py).
 """
 
-import os
-
 from configs import fcn_voc_common
+from jaxseg.models import pretrained
 
 
 def get_config():
     config = fcn_voc_common.fcn_config("fcn32s")
-    config.init_from = "vgg16:" + os.path.join(
-        os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
-        "models",
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-    )
+    config.init_from = f"vgg16:{pretrained.keras_cache_path()}"
     return config

@@ -9,9 +9,8 @@ weight decay 5e-4, 300,000 iterations. Expected: about 65.4 mean IU on seg11vali
 figure; the staged FCN-8s of configs/fcn8s_voc.py reaches 65.5).
 """
 
-import os
-
 from configs import fcn_voc_common
+from jaxseg.models import pretrained
 
 
 def get_config():
@@ -19,9 +18,5 @@ def get_config():
     config.model.at_once = True
     config.optim.learning_rate = 1e-10  # voc-fcn8s-atonce/solver.prototxt base_lr.
     config.total_steps = 300_000  # Its max_iter: one stage three times as long as each staged one.
-    config.init_from = "vgg16:" + os.path.join(
-        os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
-        "models",
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-    )
+    config.init_from = f"vgg16:{pretrained.keras_cache_path()}"
     return config

@@ -9,9 +9,8 @@ pixel-mean loss, poly schedule, random scale 0.5-2 and 512 x 1024 crops, batch 8
 reports 65.3 class IoU on Cityscapes test for FCN-8s, a figure to measure against.
 """
 
-import os
-
 from configs import default, fcn_voc_common
+from jaxseg.models import pretrained
 
 
 def get_config():
@@ -19,11 +18,7 @@ def get_config():
     config.model.num_classes = 19
     config.model.alignment = "padded"
     config.model.learnable_upsampling = True
-    config.init_from = "vgg16:" + os.path.join(
-        os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")),
-        "models",
-        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-    )
+    config.init_from = f"vgg16:{pretrained.keras_cache_path()}"
     config.total_steps = 80_000
     config.eval_every_steps = 5_000
     config.checkpoint_every_steps = 5_000

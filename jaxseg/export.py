@@ -43,7 +43,6 @@ from absl import logging
 
 from jaxseg import inference, prediction
 from jaxseg import workdir as workdir_lib
-from jaxseg.models import FCN, UNet
 
 FORMATS = ("stablehlo", "savedmodel")
 CARD = "card.json"
@@ -53,11 +52,7 @@ PLATFORMS = ("cpu", "cuda")
 
 def symbolic_multiple(model: nn.Module) -> int | None:
     """The side multiple a model accepts for symbolic height/width, or None (fixed size only)."""
-    if isinstance(model, UNet) and model.padding == "SAME" and model.upsampling == "transpose":
-        return 2**model.depth
-    if isinstance(model, FCN) and model.alignment == "padded" and model.learnable_upsampling:
-        return 32
-    return None
+    return model.symbolic_multiple
 
 
 def size_rule(model: nn.Module, fixed_hw: tuple[int, int]) -> dict:

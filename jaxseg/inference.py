@@ -3,7 +3,8 @@
 Modes (each `fn(model, variables, images) -> logits [N, H, W, K]` once its keywords are bound,
 so the test-time augmentations below wrap any of them):
 
-- `whole_image_logits`: one forward pass over the whole image.
+- `whole_image_logits`: one forward pass over the whole image, sized by the model's own size
+  rule (`input_context`, `valid_input_size`; see `jaxseg.models.UNet`):
   - FCN: any input size, logits at the input size.
   - Padded U-Net: sides must be multiples of 2**depth: the input is mirror-padded up to the next
     multiple and the logits cropped back.
@@ -29,21 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.models.unet import UNet, unet_output_size, unet_sizes, unet_valid_input_sizes
-
 # fn(model, variables, images [N, H, W, C]) -> logits [N, H, W, K] float32.
 LogitsFn = Callable[[nn.Module, object, jax.Array], jax.Array]
 
 MODES = ("whole_image", "sliding_window", "overlap_tile")
-
-
-def _valid_unet_input(size: int, depth: int) -> tuple[int, int]:
-    """Smallest valid input side whose output covers `size`, and that output side."""
-    for n in unet_valid_input_sizes(size + 2**depth * 4 + 200, depth, min_size=size):
-        out = unet_output_size(n, depth)
-        if out >= size:
-            return n, out
-    raise ValueError(f"no valid U-Net input covers an output of {size} px")
 
 
 def _mirror_pad(images: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
@@ -56,21 +46,15 @@ def _mirror_pad(images: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Arr
 def whole_image_logits(model: nn.Module, variables, images: jax.Array) -> jax.Array:
     """images: [N, H, W, C] -> logits [N, H, W, num_classes] float32 (jit-able, static shapes)."""
     n, h, w, _ = images.shape
-    if isinstance(model, UNet):
-        if model.padding == "SAME":
-            m = 2**model.depth
-            pads = ((0, 0), (0, -h % m), (0, -w % m), (0, 0))
-        else:
-            (in_h, out_h), (in_w, out_w) = (
-                _valid_unet_input(h, model.depth),
-                _valid_unet_input(w, model.depth),
-            )
-            top, left = (in_h - out_h) // 2, (in_w - out_w) // 2
-            pads = ((0, 0), (top, in_h - h - top), (left, in_w - w - left), (0, 0))
-        # Either way the output starts at the image's first pixel.
-        logits = model.apply(variables, _mirror_pad(images, pads), train=False)
-        return logits[:, :h, :w]
-    return model.apply(variables, images, train=False)
+    # The smallest legal input whose output (input - 2 * context) covers the image.
+    c = model.input_context
+    in_h, in_w = model.valid_input_size(h + 2 * c), model.valid_input_size(w + 2 * c)
+    if (in_h, in_w) == (h, w):
+        return model.apply(variables, images, train=False)
+    # `c` mirrored px above and left of the image: the output starts at its first pixel.
+    pads = ((0, 0), (c, in_h - h - c), (c, in_w - w - c), (0, 0))
+    logits = model.apply(variables, _mirror_pad(images, pads), train=False)
+    return logits[:, :h, :w]
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -185,13 +169,22 @@ def _overlap_tile_axis(size: int, tile_out: int, step: int) -> tuple[int, list[i
     return padded, tile_starts(padded, tile_out, stride)
 
 
+def check_overlap_tile_model(model: nn.Module) -> None:
+    """Raises ValueError unless the model has input context (overlap-tile's margin)."""
+    if not model.input_context:
+        raise ValueError(
+            f"overlap-tile needs a valid-convolution UNet (a model with input context), got "
+            f"{type(model).__name__} with none"
+        )
+
+
 def overlap_tile_logits(
     model: nn.Module, variables, images: jax.Array, *, tile_in: tuple[int, int]
 ) -> jax.Array:
     """Overlap-tile inference of a valid-convolution U-Net (Ronneberger et al. 2015, Fig. 2).
 
     The image is mirror-padded by the margin m = (tile_in - tile_out) / 2 on each side; output
-    tiles of tile_out = unet_output_size(tile_in) then cover it, each predicted from its tile_in
+    tiles of tile_out = model.output_size(tile_in) then cover it, each predicted from its tile_in
     context, and equal one pass of the net over the whole mirror-padded image
     (`whole_image_logits`). That holds only if every tile starts at a multiple of 2**depth: the
     net's max-pools make it shift-equivariant by multiples of the pooling period only (the
@@ -201,7 +194,7 @@ def overlap_tile_logits(
     outputs are then identical and their average is exact.
 
     Args:
-      model: a UNet with padding="VALID".
+      model: a model with input context (a UNet with padding="VALID").
       images: [N, H, W, C] float32.
       tile_in: (h, w) px of an input tile; each must be a valid U-Net input size whose output
         is at least 2**depth px.
@@ -209,22 +202,17 @@ def overlap_tile_logits(
     Returns:
       logits [N, H, W, K] float32.
     """
-    if not (isinstance(model, UNet) and model.padding == "VALID"):
-        raise ValueError(f"overlap-tile needs a valid-convolution UNet, got {type(model).__name__}")
+    check_overlap_tile_model(model)
     n, h, w, _ = images.shape
     tile_in = tuple(tile_in)
-    tile_out = tuple(unet_sizes(s, model.depth)["output"][0] for s in tile_in)  # raises if invalid
-    margin = tuple((i - o) // 2 for i, o in zip(tile_in, tile_out))
+    tile_out = tuple(model.output_size(s) for s in tile_in)  # raises if invalid
+    m = model.input_context
+    # Tiles start on the grid of the pooling period, the model's size step.
     (ph, starts_h), (pw, starts_w) = (
-        _overlap_tile_axis(h, tile_out[0], 2**model.depth),
-        _overlap_tile_axis(w, tile_out[1], 2**model.depth),
+        _overlap_tile_axis(h, tile_out[0], model.size_step),
+        _overlap_tile_axis(w, tile_out[1], model.size_step),
     )
-    pads = (
-        (0, 0),
-        (margin[0], margin[0] + ph - h),
-        (margin[1], margin[1] + pw - w),
-        (0, 0),
-    )
+    pads = ((0, 0), (m, m + ph - h), (m, m + pw - w), (0, 0))
     logits = _tiled(
         lambda tile: model.apply(variables, tile, train=False),
         _mirror_pad(images, pads),

@@ -14,7 +14,8 @@ import numpy as np
 import optax
 from scipy import ndimage
 
-from jaxseg.metrics import IGNORE_LABEL, pixel_mask
+from jaxseg.labels import IGNORE_ID
+from jaxseg.metrics import pixel_mask
 
 
 def _check_shapes(logits: jax.Array, labels: jax.Array) -> None:
@@ -109,7 +110,6 @@ def dice_loss(
     *,
     valid: jax.Array | None = None,
     smooth: float = 1.0,
-    skip_absent: bool = False,
 ) -> jax.Array:
     """Multi-class soft Dice loss on softmax probabilities, ignoring label 255.
 
@@ -121,17 +121,13 @@ def dice_loss(
     Sums run over the whole batch, not per image, so a class missing from one image does not give
     that image a 0/0 term (the "batch Dice" choice; it also makes the loss one number, like CE).
     `smooth` (> 0) keeps every term defined. A class absent from the batch's labels then scores
-    smooth / (sum p + smooth): it pulls the class's probability towards 0. With
-    skip_absent=True such classes are left out of the mean instead, so with many classes and small
-    batches the loss is not dominated by classes that are not there; the loss is 0 if no class is
-    present at all.
+    smooth / (sum p + smooth): it pulls the class's probability towards 0.
 
     Args:
       logits: [N, H, W, C] float (any float dtype; computed in float32).
       labels: [N, H, W] int32, 255 = ignore.
       valid: optional [N] bool, False = padding example.
       smooth: additive smoothing, in units of pixels.
-      skip_absent: average only over classes present in the batch's scored labels.
 
     Returns:
       float32 scalar in [0, 1]. Unlike `cross_entropy` it is not a sum over pixels, so parts of
@@ -145,12 +141,7 @@ def dice_loss(
     intersection = jnp.sum(probs * onehot, axis=(0, 1, 2))
     truth = jnp.sum(onehot, axis=(0, 1, 2))
     dice = (2.0 * intersection + smooth) / (jnp.sum(probs, axis=(0, 1, 2)) + truth + smooth)
-    if not skip_absent:
-        return 1.0 - jnp.mean(dice)
-    present = (truth > 0).astype(jnp.float32)
-    count = jnp.sum(present)
-    mean_dice = jnp.sum(dice * present) / jnp.maximum(count, 1.0)
-    return jnp.where(count > 0, 1.0 - mean_dice, 0.0)
+    return 1.0 - jnp.mean(dice)
 
 
 def unet_weight_map(
@@ -247,7 +238,7 @@ def binary_weight_map(
       [H, W] float32 weights.
     """
     label = np.asarray(label)
-    scored = label != IGNORE_LABEL
+    scored = label != IGNORE_ID
     is_cell = label == cell_class
     instances, _ = ndimage.label(is_cell)  # default structure: 4-connectivity in 2-D
     counts = np.array([np.sum(scored & ~is_cell), np.sum(is_cell)], np.float64)

@@ -20,14 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-IGNORE_LABEL = 255
+from jaxseg.labels import IGNORE_ID
 
 
 def pixel_mask(labels: jax.Array, num_classes: int, valid: jax.Array | None = None) -> jax.Array:
     """Which pixels are scored: a label in `[0, num_classes)` inside a valid example.
 
     Args:
-      labels: [N, H, W] int, class ids in `[0, num_classes)`, `IGNORE_LABEL` (255) = ignore.
+      labels: [N, H, W] int, class ids in `[0, num_classes)`, `IGNORE_ID` (255) = ignore.
       num_classes: C.
       valid: optional [N] bool; False marks padding examples of an eval batch.
 
@@ -224,7 +224,7 @@ def rand_statistics(
         if not truth_fg.any():
             continue
         truth, _ = ndimage.label(truth_fg)
-        pred, num_pred = ndimage.label((preds[k] == cell_class) & (label != IGNORE_LABEL))
+        pred, num_pred = ndimage.label((preds[k] == cell_class) & (label != IGNORE_ID))
         t, p = truth[truth_fg].astype(np.int64), pred[truth_fg].astype(np.int64)
         in_pred = p > 0
         singletons = int(np.sum(~in_pred))

@@ -22,6 +22,7 @@ predict.py sees exactly the borders that training and evaluation saw. An image w
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,7 +38,6 @@ from jaxseg import sharding, tiled_inference, train_state, visualize
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, transforms
 from jaxseg.data import images as image_decoding
-from jaxseg.models import UNet
 
 BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets up to depth 5.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -134,9 +134,9 @@ def load_predictor(
         batch_size=tiled_inference.batch_size_for(mesh, batch_size_per_device),
         max_tile=max_tile,
     )
-    bucket = BUCKET
-    if isinstance(model, UNet) and model.padding == "SAME":
-        bucket = max(bucket, 2**model.depth)  # Both powers of two: max is the lcm.
+    # Buckets are multiples of the model's size step, so a padded U-Net takes a bucket as it is,
+    # with the pipeline's zero border, instead of whole_image_logits mirror-padding it further.
+    bucket = math.lcm(BUCKET, model.size_step)
     return Predictor(
         predict=engine.whole.fn,
         variables=engine.whole.variables,

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import inference, sharding
-from jaxseg.models.unet import UNet, unet_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,19 +168,18 @@ def sliding_window(run: TileRunner, image: np.ndarray, crop, stride) -> np.ndarr
     return _host_tiled(run, x, tile_in=tuple(crop), out_hw=(ph, pw), starts=starts)[:h, :w]
 
 
-def overlap_tile(run: TileRunner, model: UNet, image: np.ndarray, tile_in) -> np.ndarray:
+def overlap_tile(run: TileRunner, model: nn.Module, image: np.ndarray, tile_in) -> np.ndarray:
     """`inference.overlap_tile_logits` of one image [H, W, C] with tiles run by `run` (the raw
     valid U-Net) -> logits [H, W, K] float32 on the host."""
-    if not (isinstance(model, UNet) and model.padding == "VALID"):
-        raise ValueError(f"overlap-tile needs a valid-convolution UNet, got {type(model).__name__}")
+    inference.check_overlap_tile_model(model)
     h, w, _ = image.shape
-    tile_out = tuple(unet_sizes(s, model.depth)["output"][0] for s in tile_in)
-    margin = tuple((i - o) // 2 for i, o in zip(tile_in, tile_out, strict=True))
+    tile_out = tuple(model.output_size(s) for s in tile_in)
+    m = model.input_context
     (ph, starts_h), (pw, starts_w) = (
-        inference._overlap_tile_axis(h, tile_out[0], 2**model.depth),
-        inference._overlap_tile_axis(w, tile_out[1], 2**model.depth),
+        inference._overlap_tile_axis(h, tile_out[0], model.size_step),
+        inference._overlap_tile_axis(w, tile_out[1], model.size_step),
     )
-    pads = ((margin[0], margin[0] + ph - h), (margin[1], margin[1] + pw - w), (0, 0))
+    pads = ((m, m + ph - h), (m, m + pw - w), (0, 0))
     x = mirror_pad(image, pads)
     starts = (starts_h, starts_w)
     return _host_tiled(run, x, tile_in=tuple(tile_in), out_hw=(ph, pw), starts=starts)[:h, :w]

@@ -52,10 +52,11 @@ def _loss_fn(params, batch_stats, micro, dropout_rng, *, model, loss_cfg, num_cl
         variables, micro["image"], train=True, rngs={"dropout": dropout_rng}, mutable=mutable
     )
     # A valid-convolution U-Net predicts the centre of its input: score the labels there.
-    labels = center_crop(micro["label"][..., None], *logits.shape[1:3])[..., 0]
+    out_hw = [model.output_size(s) for s in micro["label"].shape[1:3]]
+    labels = center_crop(micro["label"][..., None], *out_hw)[..., 0]
     weights = micro.get("weight")
     if weights is not None:
-        weights = center_crop(weights[..., None], *logits.shape[1:3])[..., 0]
+        weights = center_crop(weights[..., None], *out_hw)[..., 0]
     class_weights = jnp.asarray(loss_cfg.class_weights) if loss_cfg.class_weights else None
     ce, norm = losses.cross_entropy(
         logits,

@@ -16,10 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-IGNORE_ID = 255
-# Ignore pixels: VOC's cream void colour in masks (black is most palettes' class 0), left bare in
-# overlays.
-IGNORE_COLOR = (224, 224, 192)
+from jaxseg.labels import IGNORE_COLOR, IGNORE_ID
 
 Palette = Sequence[Sequence[int]]
 

@@ -13,6 +13,7 @@ from PIL import Image
 from configs.default import data_config
 from jaxseg.data import datasets, pipeline
 from jaxseg.data.builders import image_folder, voc_sbd
+from jaxseg.labels import voc_palette
 
 PREPARE = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
 
@@ -26,7 +27,7 @@ def _jpeg(height, width, seed):
 
 def _palette_png(label):
     image = Image.fromarray(label.astype(np.uint8), mode="P")
-    image.putpalette([v for c in voc_sbd.voc_palette() for v in c])
+    image.putpalette([v for c in voc_palette() for v in c])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

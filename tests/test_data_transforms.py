@@ -11,9 +11,8 @@ import tensorflow as tf
 from configs.default import data_config
 from jaxseg import losses
 from jaxseg.data import transforms
+from jaxseg.labels import IGNORE_ID as IGNORE
 from jaxseg.models import build_model, input_context, output_size
-
-IGNORE = transforms.IGNORE_ID
 
 
 def _block_example(size: int = 64, block: int = 16, channels: int = 3, seed: int = 0):

@@ -18,6 +18,16 @@ TRACES = {"pointwise": 0}
 class Pointwise(nn.Module):
     """A 1x1 conv: receptive field one pixel, so any tiling of it is exact."""
 
+    # The size rule every jaxseg model states (jaxseg.models.output_size): any side, same out.
+    input_context = 0
+    size_step = 1
+
+    def output_size(self, input_size):
+        return input_size
+
+    def valid_input_size(self, size):
+        return size
+
     @nn.compact
     def __call__(self, x, *, train):
         TRACES["pointwise"] += 1  # Python runs only while tracing: counts compilations.
@@ -57,6 +67,28 @@ def padded_unet():
 def padded_whole(padded_unet):
     """whole_image_logits of the padded U-Net, compiled once per input shape for all tests."""
     return jax.jit(functools.partial(inference.whole_image_logits, padded_unet[0]))
+
+
+@pytest.mark.parametrize("hw", [(20, 28), (33, 17)])
+def test_valid_unet_whole_image_logits_cover_the_image(valid_unet, hw):
+    """Mirror-padding makes a valid U-Net's output cover any image; its centre is unchanged."""
+    model, variables = valid_unet
+    x = _images((1, *hw, 2))
+    logits = jax.jit(functools.partial(inference.whole_image_logits, model))(variables, x)
+    assert logits.shape == (1, *hw, NUM_CLASSES)
+    # Pixels far from the border see only real pixels either way: compare with a direct call on
+    # a valid-size crop around them (depth 2: 44 in -> 4 out, margin 20 px).
+    direct = model.apply(
+        variables,
+        jnp.pad(x, ((0, 0), (20, 20), (20, 20), (0, 0)), mode="reflect")[:, :44, :44],
+        train=False,
+    )
+    np.testing.assert_allclose(logits[:, :4, :4], direct, atol=1e-5)
+
+
+def test_padded_unet_whole_image_logits_for_non_multiple_sizes(padded_whole, padded_unet):
+    logits = padded_whole(padded_unet[1], jnp.ones((2, 13, 10, 2)))
+    assert logits.shape == (2, 13, 10, NUM_CLASSES)
 
 
 def test_tile_starts_hand_computed():

@@ -129,7 +129,7 @@ def test_cross_entropy_rejects_mismatched_shapes():
 
 @pytest.fixture(scope="module")
 def dice():
-    return jax.jit(losses.dice_loss, static_argnames=("smooth", "skip_absent"))
+    return jax.jit(losses.dice_loss, static_argnames=("smooth",))
 
 
 def dice_batch():
@@ -146,8 +146,6 @@ def test_dice_by_hand(dice):
     # (0 + 1) / (1/2 + 0 + 1) = 2/3.
     loss = dice(logits, labels, smooth=1.0)
     assert float(loss) == pytest.approx(1 - (8 / 11 + 8 / 11 + 2 / 3) / 3, rel=1e-6)
-    loss = dice(logits, labels, smooth=1.0, skip_absent=True)
-    assert float(loss) == pytest.approx(1 - 8 / 11, rel=1e-6)
     # A padding example changes nothing.
     both = dice(
         jnp.concatenate([logits, -logits]),
@@ -158,13 +156,11 @@ def test_dice_by_hand(dice):
     assert float(both) == pytest.approx(1 - (8 / 11 + 8 / 11 + 2 / 3) / 3, rel=1e-6)
 
 
-def test_dice_gradient_is_zero_at_ignored_pixels_and_loss_zero_when_all_absent(dice):
+def test_dice_gradient_is_zero_at_ignored_pixels():
     logits, labels = dice_batch()
     grad = jax.jit(jax.grad(lambda x: losses.dice_loss(x, labels)))(logits)
     assert np.all(np.asarray(grad[0, 0, 2]) == 0.0)
     assert np.all(np.asarray(grad[0, 0, :2]) != 0.0)
-    ignored = jnp.full_like(labels, 255)
-    assert float(dice(logits, ignored, skip_absent=True)) == 0.0
 
 
 # Two 3 x 3 cells in a 7 x 12 map, separated by a 2-pixel gap (columns 4 and 5).

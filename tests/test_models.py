@@ -1,5 +1,7 @@
 """Models: the papers' parameter counts and sizes, the model dict, and real forward passes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -161,6 +163,57 @@ def test_every_model_in_dict_builds_and_maps_shapes(name):
     hw = (188, 188) if name == "unet" else (64, 64)
     _, logits = _abstract(model, (1, *hw, 3))
     assert logits.shape == (1, *output_size(model, hw), 4)
+
+
+# name -> (fields, sides to try): legal ones, and for the U-Nets illegal ones (odd at a max-pool,
+# too small, not a multiple of 2**depth).
+SIZE_RULE_CASES = {
+    "unet": ({"depth": 2, "base_width": 2}, [44, 48, 64, 46, 57, 30]),
+    "unet_padded": ({"depth": 3, "base_width": 2}, [8, 24, 20]),
+    "fcn8s padded": ({"alignment": "padded"}, [37, 64]),
+    "fcn32s reference": ({"alignment": "reference"}, [5, 37]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIZE_RULE_CASES))
+def test_each_models_stated_size_rule_is_its_real_output_shape(case):
+    """input_context, size_step, output_size and valid_input_size against eval_shape."""
+    fields, sides = SIZE_RULE_CASES[case]
+    model = MODELS[case.split()[0]](num_classes=2, **fields)
+    legal = []
+    for side in sides:
+        hw = (side, side + model.size_step)  # the next legal side: both axes, two sizes
+        if model.valid_input_size(side) != side:
+            with pytest.raises(ValueError, match=str(side)) as error:
+                model.output_size(side)
+            # Clear: it names the side and what would be legal.
+            assert re.search(r"nearest valid sizes: \[\d+|multiples of \d+", str(error.value))
+            with pytest.raises(ValueError, match=str(side)):
+                _abstract(model, (1, *hw, 3))
+            continue
+        legal.append(side)
+        _, logits = _abstract(model, (1, *hw, 3))
+        assert logits.shape == (1, *output_size(model, hw), 2)
+        assert [i - o for i, o in zip(hw, logits.shape[1:3])] == [2 * model.input_context] * 2
+    assert len(legal) >= 2
+    # valid_input_size rounds up to the next legal side: everything between is illegal.
+    for side in sides:
+        up = model.valid_input_size(side)
+        assert up >= side and model.output_size(up) > 0
+        for smaller in range(side, up):
+            with pytest.raises(ValueError):
+                model.output_size(smaller)
+
+
+def test_size_rules_state_the_papers_numbers():
+    unet = MODELS["unet"]()
+    assert (unet.input_context, unet.size_step, unet.output_size(572)) == (92, 16, 388)
+    assert unet.valid_input_size(570) == 572 and unet.valid_input_size(1) == 188
+    padded = MODELS["unet_padded"]()
+    assert (padded.input_context, padded.size_step, padded.valid_input_size(50)) == (0, 16, 64)
+    fcn = MODELS["fcn8s"]()
+    assert (fcn.input_context, fcn.size_step) == (0, 1)
+    assert fcn.output_size(37) == 37 and fcn.valid_input_size(5) == 5
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from jaxseg.data.builders import image_folder, synthetic_scenes, voc_sbd
-
-IGNORE_ID = 255
+from jaxseg.labels import IGNORE_ID, voc_palette
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +26,6 @@ class DatasetSpec:
       class_names: one name per class id 0..num_classes-1.
       palette: RGB colour per class, for visualisation.
       image_channels: C of the decoded image (1 greyscale, 3 RGB).
-      splits: the split names the data set provides (tfds slicing like "train[:90%]" also works).
       image_key: feature holding the encoded image.
       label_key: feature holding the encoded mask; its first channel is the raw label.
       id_key: feature naming the example in error messages, or None.
@@ -35,20 +33,17 @@ class DatasetSpec:
         stored labels are already class ids.
       make_builder: `config.data` -> the tfds builder, writing/reading ArrayRecord files so the
         pipeline can read examples by index.
-      ignore_id: the label id that losses and metrics skip.
     """
 
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     image_channels: int
-    splits: tuple[str, ...]
     image_key: str
     label_key: str
     id_key: str | None
     label_map: tuple[int, ...] | None
     make_builder: Callable[[ml_collections.ConfigDict], tfds.core.DatasetBuilder]
-    ignore_id: int = IGNORE_ID
 
     @property
     def num_classes(self) -> int:
@@ -140,7 +135,6 @@ DATASETS: dict[str, DatasetSpec] = {
         class_names=synthetic_scenes.CLASS_NAMES,
         palette=synthetic_scenes.PALETTE,
         image_channels=3,
-        splits=("train", "validation"),
         image_key="image",
         label_key="label",
         id_key="file_name",
@@ -150,9 +144,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "voc_sbd": DatasetSpec(
         name="voc_sbd",
         class_names=voc_sbd.CLASS_NAMES,
-        palette=voc_sbd.voc_palette(len(voc_sbd.CLASS_NAMES)),
+        palette=voc_palette(len(voc_sbd.CLASS_NAMES)),
         image_channels=3,
-        splits=("train", "seg11valid", "val"),
         image_key="image",
         label_key="label",
         id_key="file_name",
@@ -165,7 +158,6 @@ DATASETS: dict[str, DatasetSpec] = {
         class_names=("background", "pet", "boundary"),
         palette=((0, 0, 0), (255, 128, 0), (255, 255, 255)),
         image_channels=3,
-        splits=("train", "test"),
         image_key="image",
         label_key="segmentation_mask",
         id_key="file_name",
@@ -177,7 +169,6 @@ DATASETS: dict[str, DatasetSpec] = {
         class_names=_CITYSCAPES_CLASSES,
         palette=_CITYSCAPES_PALETTE,
         image_channels=3,
-        splits=("train", "validation", "test"),
         image_key="image_left",
         label_key="segmentation_label",
         id_key="image_id",
@@ -187,10 +178,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "ade20k": DatasetSpec(
         name="ade20k",
         class_names=_ADE20K_CLASSES,
-        palette=voc_sbd.voc_palette(len(_ADE20K_CLASSES) + 1)[1:],
+        palette=voc_palette(len(_ADE20K_CLASSES) + 1)[1:],
         image_channels=3,
         # tfds's "test" split is ADE20K's official validation set (2000 images).
-        splits=("train", "test"),
         image_key="image",
         label_key="annotation",
         id_key=None,
@@ -204,7 +194,6 @@ DATASETS: dict[str, DatasetSpec] = {
         class_names=(),
         palette=(),
         image_channels=3,
-        splits=("train", "validation"),
         image_key="image",
         label_key="label",
         id_key="file_name",
@@ -233,7 +222,7 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> DatasetSpec:
         return spec
     folder = data_cfg.folder
     class_names = tuple(folder.class_names)
-    palette = tuple(tuple(int(v) for v in c) for c in folder.palette) or voc_sbd.voc_palette(
+    palette = tuple(tuple(int(v) for v in c) for c in folder.palette) or voc_palette(
         len(class_names)
     )
     return dataclasses.replace(

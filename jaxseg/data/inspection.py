@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxseg.data import pipeline
-from jaxseg.data.datasets import IGNORE_ID
+from jaxseg.labels import IGNORE_ID
 
 _RAW_BINS = 257  # label values 0..255, and one bin for anything larger (16-bit masks)
 

@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from jaxseg.data import datasets, transforms
+from jaxseg.labels import IGNORE_ID
 
 Batch = dict[str, np.ndarray]
 # The map functions are plain TF code; AutoGraph would only re-parse them (seconds per pipeline).
@@ -329,7 +330,7 @@ def make_eval_iterator(
     channels = spec.image_channels
     filler = {
         "image": tf.zeros([pad_h, pad_w, channels], tf.float32),
-        "label": tf.fill([pad_h, pad_w], tf.constant(transforms.IGNORE_ID, tf.int32)),
+        "label": tf.fill([pad_h, pad_w], tf.constant(IGNORE_ID, tf.int32)),
         "valid": tf.constant(False),
     }
     examples = (

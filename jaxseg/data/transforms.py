@@ -24,8 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxseg import losses
-
-IGNORE_ID = 255
+from jaxseg.labels import IGNORE_ID
 
 Example = dict[str, tf.Tensor]
 Transform = Callable[[Example, tf.Tensor], Example]

@@ -50,12 +50,14 @@ def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
 
 
 def output_size(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
-    """Spatial size of the logits for an input of size input_hw (smaller for a valid U-Net)."""
-    if isinstance(model, UNet) and model.padding == "VALID":
-        return unet_output_size(input_hw[0], model.depth), unet_output_size(
-            input_hw[1], model.depth
-        )
-    return tuple(input_hw)
+    """Spatial size of the logits for an input of size input_hw (smaller for a valid U-Net).
+
+    Every model in `MODELS` states its size rule with the same members: `input_context` (px of
+    input each side of the logits), `size_step` (legal input sides step by it),
+    `output_size(side)`, `valid_input_size(side)` (the next legal side up) and
+    `symbolic_multiple` (for jax.export); see `UNet`. Illegal sides raise ValueError, naming them.
+    """
+    return tuple(model.output_size(s) for s in input_hw)
 
 
 def input_context(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
@@ -65,8 +67,8 @@ def input_context(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int
     ((572 - 388) / 2 = 92 px for the paper's network), 0 for same-size models. Training
     mirror-pads images by it, so every labelled pixel can land in the scored centre.
     """
-    out_h, out_w = output_size(model, input_hw)
-    return (input_hw[0] - out_h) // 2, (input_hw[1] - out_w) // 2
+    output_size(model, input_hw)  # input_hw must be legal
+    return model.input_context, model.input_context
 
 
 __all__ = [

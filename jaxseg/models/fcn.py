@@ -41,6 +41,10 @@ class FCN(nn.Module):
       at_once: the "at-once" FCN-8s recipe: scale pool4 by 0.01 and pool3 by 1e-4 before scoring.
       dropout_rate: dropout after fc6 and fc7.
       dtype: computation dtype (params stay float32; logits are returned in float32).
+
+    Size rule (the members every model states, see `UNet`): any input side, logits at the input
+    size, no context; "padded" zero-pads to a multiple of 32 inside and crops back, "reference"
+    pads by 100 and crops by the release's offsets.
     """
 
     num_classes: int = 21
@@ -50,6 +54,32 @@ class FCN(nn.Module):
     at_once: bool = False
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+
+    @property
+    def input_context(self) -> int:
+        """Input px on each side that the output does not cover: none."""
+        return 0
+
+    @property
+    def size_step(self) -> int:
+        """Legal input sides step by this many px: every side is legal."""
+        return 1
+
+    @property
+    def symbolic_multiple(self) -> int | None:
+        """Sides may be symbolic (jax.export) as multiples of this; None: static sizes only
+        (frozen upsampling builds its matrices in numpy, reference crops from static sizes)."""
+        return 32 if self.alignment == "padded" and self.learnable_upsampling else None
+
+    def output_size(self, input_size: int) -> int:
+        """Output side for an input side: the same."""
+        if input_size <= 0:
+            raise ValueError(f"an FCN needs sides of at least 1 px, got {input_size}")
+        return input_size
+
+    def valid_input_size(self, size: int) -> int:
+        """The smallest legal input side >= size: size itself."""
+        return max(size, 1)
 
     def _score(self, x: jax.Array, name: str, scale: float = 1.0) -> jax.Array:
         if scale != 1.0:

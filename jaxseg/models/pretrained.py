@@ -42,7 +42,6 @@ HOW_TO_DOWNLOAD = (
 )
 # Caffe's ImageNet mean pixel, in the BGR order the weights expect (keras' "caffe" preprocessing).
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-IMAGENET_RGB_MEAN = IMAGENET_BGR_MEAN[::-1]
 
 _FC_LAYERS = ("fc6", "fc7", "fc8")
 

@@ -9,6 +9,7 @@ variant ("SAME" convs) keeps the input size for any input whose sides are multip
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import flax.linen as nn
@@ -137,6 +138,15 @@ class UNet(nn.Module):
         as in the authors' release: on the last contracting level's output (which feeds both its
         skip and the bottom block) and on the bottom block's output.
       dtype: computation dtype (params stay float32; logits are returned in float32).
+
+    Size rule (the members every model states; `jaxseg.inference`, prediction, export and the
+    loss's label crop use them instead of asking which model they have):
+      valid convolutions: each 3x3 conv takes 2 px and each level's max-pool must see an even
+        side, so the legal input sides step by 2**depth (572, 588, ... at depth 4; the smallest
+        is 188 -> 4), and output = input - 2 * input_context with input_context = 6 * 2**depth
+        - 4 px (92 at depth 4: 572 -> 388), the same for every legal side;
+      "SAME": output = input for sides that are multiples of 2**depth.
+    `valid_input_size` rounds a side up to the next legal one; illegal sides raise ValueError.
     """
 
     num_classes: int = 2
@@ -148,24 +158,54 @@ class UNet(nn.Module):
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
 
+    @property
+    def input_context(self) -> int:
+        """Input px on each side that the output does not cover (0 for "SAME")."""
+        return 6 * 2**self.depth - 4 if self.padding == "VALID" else 0
+
+    @property
+    def size_step(self) -> int:
+        """Legal input sides step by this many px: the pooling period 2**depth, by whose
+        multiples the network is also shift-equivariant (what overlap-tile relies on)."""
+        return 2**self.depth
+
+    @property
+    def symbolic_multiple(self) -> int | None:
+        """Sides may be symbolic (jax.export) as multiples of this; None: static sizes only
+        (bilinear upsampling builds its matrices from them, and inference mirror-pads a valid
+        U-Net by amounts computed from them)."""
+        return 2**self.depth if (self.padding, self.upsampling) == ("SAME", "transpose") else None
+
+    def output_size(self, input_size: int) -> int:
+        """Output side for a legal input side; ValueError naming the nearest legal ones."""
+        if self.padding == "VALID":
+            return unet_output_size(input_size, self.depth)
+        if input_size <= 0 or input_size % self.size_step:
+            raise ValueError(
+                f"a padded U-Net of depth {self.depth} needs sides that are multiples of "
+                f"{self.size_step}, got {input_size}"
+            )
+        return input_size
+
+    def valid_input_size(self, size: int) -> int:
+        """The smallest legal input side >= size."""
+        if self.padding == "VALID":
+            return next(n for n in itertools.count(max(size, 1)) if _is_valid(n, self.depth))
+        return max(1, -(-size // self.size_step)) * self.size_step
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """x: [N, H, W, C_in] -> logits [N, H', W', num_classes] float32.
 
-        H' = H for "SAME"; H' = unet_output_size(H) for "VALID" (centre of the input).
+        H' = output_size(H): H for "SAME"; H - 2 * input_context for "VALID" (centre of the
+        input). Illegal sides raise ValueError, naming them.
         """
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.upsampling not in UPSAMPLINGS:
             raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {self.upsampling!r}")
         h, w = x.shape[1:3]
-        if self.padding == "SAME" and (h % 2**self.depth or w % 2**self.depth):
-            raise ValueError(
-                f"a padded U-Net of depth {self.depth} needs sides that are multiples of "
-                f"{2**self.depth}, got {h}x{w}"
-            )
-        if self.padding == "VALID":
-            unet_sizes(h, self.depth), unet_sizes(w, self.depth)  # raise early, naming sizes
+        self.output_size(h), self.output_size(w)  # raise early, naming sizes
 
         block = lambda i, name: ConvBlock(
             self.base_width * 2**i, self.padding, self.use_batchnorm, self.dtype, name=name

@@ -56,10 +56,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxseg.data import images
+from jaxseg.labels import IGNORE_ID
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
-IGNORE_ID = 255
 
 
 @dataclasses.dataclass(eq=False)
@@ -116,7 +116,7 @@ def make_config(folder_cfg) -> SegmentationFolderConfig:
         raise ValueError(f"{where}.channels: {folder_cfg.channels} is not 1 or 3")
     num_classes = len(folder_cfg.class_names)
     if not 1 <= num_classes <= IGNORE_ID:
-        raise ValueError(f"{where}.class_names: need 1..255 names, got {num_classes}")
+        raise ValueError(f"{where}.class_names: need 1..{IGNORE_ID} names, got {num_classes}")
     palette = tuple(tuple(int(v) for v in c) for c in folder_cfg.palette)
     if folder_cfg.mask_format == "palette" and len(palette) != num_classes:
         raise ValueError(

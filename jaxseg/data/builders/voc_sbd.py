@@ -24,6 +24,8 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from jaxseg.labels import IGNORE_ID
+
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -33,22 +35,6 @@ VOC2012_TAR = "VOCtrainval_11-May-2012.tar"
 SBD_TGZ = "benchmark.tgz"
 SEG11VALID_TXT = "seg11valid.txt"
 VOC2011_TAR = "VOCtrainval_25-May-2011.tar"
-IGNORE_ID = 255
-
-
-def voc_palette(num_colours: int = 256) -> tuple[tuple[int, int, int], ...]:
-    """VOC's label colour map: the bits of the class id spread over R, G, B from the top bit."""
-    colours = []
-    for i in range(num_colours):
-        r = g = b = 0
-        c = i
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colours.append((r, g, b))
-    return tuple(colours)
 
 
 class VocSbd(tfds.core.GeneratorBasedBuilder):
