@@ -148,9 +148,9 @@ def test_two_processes_train_like_one(runs):
     # bounded against how far the last HALF steps moved them (a process's shards missing or
     # swapped would be as far off as the parameters' whole update).
     restore = make_restore(expected_config(checkpoint_every_steps=HALF))
-    multi_state, _ = restore(two, TOTAL_STEPS)
-    single_state, _ = restore(single.workdir, TOTAL_STEPS)
-    single_half, _ = restore(single.workdir, HALF)
+    multi_state = restore(two, TOTAL_STEPS)
+    single_state = restore(single.workdir, TOTAL_STEPS)
+    single_half = restore(single.workdir, HALF)
     assert max_param_change(single_half.params, single_state.params) > 1e-3
     np.testing.assert_array_equal(multi_state.step, single_state.step)
     np.testing.assert_array_equal(multi_state.rng, single_state.rng)
