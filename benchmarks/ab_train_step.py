@@ -22,8 +22,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import presets  # noqa: E402
-from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
+from benchmarks import flops, presets  # noqa: E402
+from jaxseg import optim, sharding, train_lib  # noqa: E402
 from jaxseg.models import build_model, layers  # noqa: E402
 
 # (label, model dtype, SHIFTED_MATMUL_MIN_CHANNELS): a huge threshold restores XLA's convs.

@@ -8,8 +8,8 @@ Speed: the jitted `evaluation.eval_step` (inference + on-device confusion matrix
 initialised model on random [batch, size, size, 3] images, for whole-image and sliding-window
 inference (window = size/2, stride = size/4): compile time, first call, median/min/max of
 --repeats calls after a warm-up, images/s, FLOPs per image counted from the jaxpr
-(`jaxseg.flops`), GFLOP/s and its fraction of the measured matmul peak, peak memory. --model is a
-preset of benchmarks/presets.py or a config file.
+(`benchmarks/flops.py`), GFLOP/s and its fraction of the measured matmul peak, peak memory.
+--model is a preset of benchmarks/presets.py or a config file.
 Memory: RSS of this process before and after `Evaluator.evaluate` runs --memory_passes times over
 the config's evaluation split (the default's synthetic validation set).
 """
@@ -30,8 +30,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common, presets  # noqa: E402
-from jaxseg import evaluation, flops, optim, sharding, train_lib  # noqa: E402
+from benchmarks import common, flops, presets  # noqa: E402
+from jaxseg import evaluation, optim, sharding, train_lib  # noqa: E402
 from jaxseg.data import datasets  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 

@@ -4,8 +4,8 @@ r"""Each fast formulation in jaxseg.models.layers against the straightforward op
   python benchmarks/bench_ops.py --only conv3x3  # cases whose name contains "conv3x3"
 
 Times jit(grad) of sum(f(x, w)**2) with respect to every input, median of --repeats after
-warm-up, and prints GFLOP/s of the counted convolution/matmul FLOPs (jaxseg.flops) where there
-are any. These are the measurements behind the choices in layers.py and backend.py; the tests
+warm-up, and prints GFLOP/s of the counted convolution/matmul FLOPs (benchmarks/flops.py) where
+there are any. These are the measurements behind the choices in layers.py and backend.py; the tests
 (tests/test_layers.py) prove each pair equal in outputs and gradients.
 """
 
@@ -24,8 +24,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks import common  # noqa: E402
-from jaxseg import flops  # noqa: E402
+from benchmarks import common, flops  # noqa: E402
 from jaxseg.models import layers  # noqa: E402
 
 F32, BF16 = jnp.float32, jnp.bfloat16

@@ -7,7 +7,7 @@ r"""Train-step speed of a model: compile time, step time, images/s, FLOPs, "MFU"
 --model is a preset of benchmarks/presets.py (unet_paper, unet_default, fcn8s, fcn32s, ...) or a
 config file. Times the real jitted `train_lib.train_step` (the config's optimiser and loss) on
 random data: compile time, then the first step, one warm-up step and --repeats timed steps
-(median, min, max). FLOPs are counted analytically from the step's jaxpr (`jaxseg.flops`:
+(median, min, max). FLOPs are counted analytically from the step's jaxpr (`benchmarks/flops.py`:
 convolutions and matmuls of the forward and backward pass); GFLOP/s is divided by this
 machine's matmul peak, measured in the same run (`--no-peak` skips it). Peak memory is XLA's
 buffer plan for the step plus, on CPU, the process's peak RSS; on GPUs the device's peak.
@@ -30,8 +30,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common, presets  # noqa: E402
-from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
+from benchmarks import common, flops, presets  # noqa: E402
+from jaxseg import optim, sharding, train_lib  # noqa: E402
 from jaxseg.models import build_model, output_size  # noqa: E402
 
 
