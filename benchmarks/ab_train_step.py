@@ -1,18 +1,15 @@
 r"""One preset's train step in f32, bf16 (shifted matmuls) and bf16 (XLA convs), alternating.
 
-  python benchmarks/ab_train_step.py unet_paper 128 2 5   # model size batch rounds
+  python -m benchmarks.ab_train_step unet_paper 128 2 5   # model size batch rounds
 
 The three jitted `train_lib.train_step` programs are compiled in one process and called in turn,
 `rounds` times, so all three see the same background load (on a shared VM, separate processes
 minutes apart do not). Prints the median, min and max step time and the speed relative to f32.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 

@@ -1,8 +1,8 @@
 r"""Evaluation speed per inference mode, and host memory over a long evaluation.
 
-  python benchmarks/bench_eval.py --model unet_paper --size 256 --batch 4
-  python benchmarks/bench_eval.py --model fcn8s --size 512 --batch 1 --dtype bfloat16
-  python benchmarks/bench_eval.py --model configs/default.py --memory_passes 5
+  python -m benchmarks.bench_eval --model unet_paper --size 256 --batch 4
+  python -m benchmarks.bench_eval --model fcn8s --size 512 --batch 1 --dtype bfloat16
+  python -m benchmarks.bench_eval --model configs/default.py --memory_passes 5
 
 Speed: the jitted `evaluation.eval_step` (inference + on-device confusion matrix) of a randomly
 initialised model on random [batch, size, size, 3] images, for whole-image and sliding-window
@@ -14,12 +14,7 @@ Memory: RSS of this process before and after `Evaluator.evaluate` runs --memory_
 the config's evaluation split (the default's synthetic validation set).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -43,7 +38,9 @@ def rss_mb() -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_eval", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
     parser.add_argument("--dtype", default=None, help="override model.dtype (float32/bfloat16)")
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")

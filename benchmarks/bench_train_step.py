@@ -1,8 +1,8 @@
 r"""Train-step speed of a model: compile time, step time, images/s, FLOPs, "MFU", peak memory.
 
-  python benchmarks/bench_train_step.py --model unet_paper --size 256 --batch 4
-  python benchmarks/bench_train_step.py --model fcn8s --size 512 --batch 1 --dtype bfloat16
-  python benchmarks/bench_train_step.py --model configs/default.py --size 96 --batch 16
+  python -m benchmarks.bench_train_step --model unet_paper --size 256 --batch 4
+  python -m benchmarks.bench_train_step --model fcn8s --size 512 --batch 1 --dtype bfloat16
+  python -m benchmarks.bench_train_step --model configs/default.py --size 96 --batch 16
 
 --model is a preset of benchmarks/presets.py (unet_paper, unet_default, fcn8s, fcn32s, ...) or a
 config file. Times the real jitted `train_lib.train_step` (the config's optimiser and loss) on
@@ -14,12 +14,7 @@ buffer plan for the step plus, on CPU, the process's peak RSS; on GPUs the devic
 Prints a readable line and a `RESULT {json}` line (collected by benchmarks/side_by_side.py).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -36,7 +31,9 @@ from jaxseg.models import build_model, output_size  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_train_step", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
     parser.add_argument("--size", type=int, default=256, help="square side, px; 0: config's crop")
     parser.add_argument("--batch", type=int, default=4, help="global batch; 0: config's batch")

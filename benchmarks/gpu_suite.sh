@@ -63,10 +63,7 @@ EOF
 
 say "bf16 matmul peak (bf16 inputs, f32 accumulation; the table's MFU denominator)"
 "$PYTHON" - <<'EOF'
-import sys
-
-sys.path.insert(0, ".")
-from benchmarks import common
+from benchmarks import common  # stdin scripts import from the working directory: the root
 
 for dtype in ("bfloat16", "float32"):
     print(f"jax {dtype} matmul peak: {common.jax_matmul_peak(dtype):.0f} GFLOP/s", flush=True)
@@ -77,7 +74,7 @@ mkdir -p "$(dirname "$OUT")"
 run_table() {  # model, batch
   [[ "$1" == none ]] && return 0
   say "side by side: $1 ${SIZE}px batch $2 bf16"
-  "$PYTHON" benchmarks/side_by_side.py --models "$1" --sizes "$SIZE" --batch "$2" \
+  "$PYTHON" -m benchmarks.side_by_side --models "$1" --sizes "$SIZE" --batch "$2" \
     --dtypes bfloat16 --torch-modes eager --repeats "$REPEATS" --timeout "$RUN_TIMEOUT" \
     --out "$OUT"
 }
@@ -85,5 +82,5 @@ run_table "$MODELS_UNET" "$UNET_BATCH"
 run_table "$MODELS_FCN" "$FCN_BATCH"
 
 say "table of $OUT"
-"$PYTHON" benchmarks/side_by_side.py --table "$OUT"
+"$PYTHON" -m benchmarks.side_by_side --table "$OUT"
 say "done"

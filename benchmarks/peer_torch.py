@@ -1,10 +1,10 @@
 r"""PyTorch peer of the train-step benchmark: the same networks, step and timing as jaxseg's.
 
-  python benchmarks/peer_torch.py --model unet_paper --size 256 --batch 4 --mode eager
-  python benchmarks/peer_torch.py --model unet_paper --size 256 --batch 4 --mode compile \
+  python -m benchmarks.peer_torch --model unet_paper --size 256 --batch 4 --mode eager
+  python -m benchmarks.peer_torch --model unet_paper --size 256 --batch 4 --mode compile \
       --dtype bfloat16
-  python benchmarks/peer_torch.py --model fcn8s --size 512 --batch 1 --no-channels-last --peak
-  python benchmarks/peer_torch.py --model configs/default.py --size 64 --batch 1 --repeats 1 \
+  python -m benchmarks.peer_torch --model fcn8s --size 512 --batch 1 --no-channels-last --peak
+  python -m benchmarks.peer_torch --model configs/default.py --size 64 --batch 1 --repeats 1 \
       --override model.base_width=8
 
 --model is a preset of `benchmarks/presets.py` (or a config file); the network, optimiser and
@@ -22,9 +22,7 @@ first_step_s is a cold compile only with a fresh TORCHINDUCTOR_CACHE_DIR.
 """
 
 import argparse
-import os
 import re
-import sys
 import time
 
 import numpy as np
@@ -33,10 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import common  # noqa: E402
-from benchmarks.presets import load  # noqa: E402
+from benchmarks import common
+from benchmarks.presets import load
 
 IGNORE_LABEL = 255
 # jaxseg.optim's norm-module pattern: no weight decay inside these modules.
@@ -402,7 +398,9 @@ def matmul_peak(device: torch.device, sync, dtype: torch.dtype, n: int = 2048) -
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peer_torch", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", default="unet_paper", help="preset of benchmarks/presets.py")
     parser.add_argument("--size", type=int, default=256, help="square input side, px")
     parser.add_argument("--batch", type=int, default=4)
