@@ -17,7 +17,8 @@ Classes: 0 background/unknown (sky, road, clutter), 1 person, 2 purse, 3 plants/
 Generation is vectorised over chunks of `_CHUNK` images and deterministic: the scenes of chunk
 `c` of split `s` depend only on (seed, s, c, image_size) and the chunk's length, so the same
 config always builds bit-identical data. The default config (3000 train / 300 validation images
-at 128x128) builds in 10-20 s on a 2-core CPU.
+at 128x128) builds in seconds on a CPU (measured: BENCHMARKS.md, section "Synthetic data set
+build").
 """
 
 import concurrent.futures
@@ -172,8 +173,9 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
 
 
 def _encode(array: np.ndarray, image_format: str, **options) -> bytes:
-    # Encode here (JPEG q95 images: 4x smaller and 10x faster than PNG of noisy pixels; lossless
-    # PNG labels): tfds would otherwise encode through a TF graph, one image at a time.
+    # Encode here (JPEG q95 images: several times smaller and faster to encode than PNG of noisy
+    # pixels, BENCHMARKS.md, section "Synthetic data set build"; lossless PNG labels): tfds would
+    # otherwise encode through a TF graph, one image at a time.
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=image_format, **options)
     return buffer.getvalue()
@@ -493,7 +495,8 @@ def _apply_lighting(scene: _Scene, image: np.ndarray, in_shadow: np.ndarray) -> 
 def _add_sensor_noise(scene: _Scene, image: np.ndarray) -> None:
     """Adds Gaussian noise to `image` [n, S, S, 3] in place, one sigma per image."""
     size, rng = scene.size, scene.rng
-    # Windows of one shared noise field, ~10x cheaper than fresh per-pixel draws.
+    # Windows of one shared noise field: much cheaper than fresh per-pixel draws (BENCHMARKS.md,
+    # section "Synthetic data set build"); each image still gets per-pixel Gaussian noise.
     field = rng.standard_normal((2 * size, 2 * size, 3), np.float32)
     sigma = scene.uniform(2.0, 10.0)
     for i, (oy, ox) in enumerate(rng.integers(0, size, (scene.n, 2))):
