@@ -8,9 +8,11 @@
 #
 # Environment knobs (defaults are the table): VENV (.venv-gpu), SIZE (512), UNET_BATCH (8),
 # FCN_BATCH (8), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
-# (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU):
+# (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU; a python with
+# jaxseg's dependencies and torch):
 #   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
-#     MODELS_UNET=unet_default MODELS_FCN=none bash benchmarks/gpu_suite.sh
+#     MODELS_UNET=unet_paper MODELS_FCN=none bash benchmarks/gpu_suite.sh
+# (unet_default would time JAX alone: the torch peer has no Dice loss.)
 #
 # Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL).
 # Writes one JSON line per measurement to $OUT and prints the Markdown table at the end. Target
