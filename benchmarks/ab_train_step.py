@@ -1,18 +1,15 @@
 r"""One preset's train step in f32, bf16 (shifted matmuls) and bf16 (XLA convs), alternating.
 
-  python benchmarks/ab_train_step.py unet_paper 128 2 5   # model size batch rounds
+  python -m benchmarks.ab_train_step unet_paper 128 2 5   # model size batch rounds
 
 The three jitted `train_lib.train_step` programs are compiled in one process and called in turn,
 `rounds` times, so all three see the same background load (on a shared VM, separate processes
 minutes apart do not). Prints the median, min and max step time and the speed relative to f32.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -22,8 +19,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import presets  # noqa: E402
-from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
+from benchmarks import flops, presets  # noqa: E402
+from jaxseg import optim, sharding, train_lib  # noqa: E402
 from jaxseg.models import build_model, layers  # noqa: E402
 
 # (label, model dtype, SHIFTED_MATMUL_MIN_CHANNELS): a huge threshold restores XLA's convs.

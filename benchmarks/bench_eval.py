@@ -1,25 +1,20 @@
 r"""Evaluation speed per inference mode, and host memory over a long evaluation.
 
-  python benchmarks/bench_eval.py --model unet_paper --size 256 --batch 4
-  python benchmarks/bench_eval.py --model fcn8s --size 512 --batch 1 --dtype bfloat16
-  python benchmarks/bench_eval.py --model configs/default.py --memory_passes 5
+  python -m benchmarks.bench_eval --model unet_paper --size 256 --batch 4
+  python -m benchmarks.bench_eval --model fcn8s --size 512 --batch 1 --dtype bfloat16
+  python -m benchmarks.bench_eval --model configs/default.py --memory_passes 5
 
 Speed: the jitted `evaluation.eval_step` (inference + on-device confusion matrix) of a randomly
 initialised model on random [batch, size, size, 3] images, for whole-image and sliding-window
 inference (window = size/2, stride = size/4): compile time, first call, median/min/max of
 --repeats calls after a warm-up, images/s, FLOPs per image counted from the jaxpr
-(`jaxseg.flops`), GFLOP/s and its fraction of the measured matmul peak, peak memory. --model is a
-preset of benchmarks/presets.py or a config file.
+(`benchmarks/flops.py`), GFLOP/s and its fraction of the measured matmul peak, peak memory.
+--model is a preset of benchmarks/presets.py or a config file.
 Memory: RSS of this process before and after `Evaluator.evaluate` runs --memory_passes times over
 the config's evaluation split (the default's synthetic validation set).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -30,8 +25,8 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common, presets  # noqa: E402
-from jaxseg import evaluation, flops, optim, sharding, train_lib  # noqa: E402
+from benchmarks import common, flops, presets  # noqa: E402
+from jaxseg import evaluation, optim, sharding, train_lib  # noqa: E402
 from jaxseg.data import datasets  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 
@@ -43,7 +38,9 @@ def rss_mb() -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_eval", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
     parser.add_argument("--dtype", default=None, help="override model.dtype (float32/bfloat16)")
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")

@@ -1,28 +1,26 @@
 r"""Compile + run time of a model's jitted initialisation, the cost of `jax_threefry_partitionable`.
 
-  python benchmarks/bench_init_compile.py --config configs/default.py --partitionable 1
-  python benchmarks/bench_init_compile.py --config configs/default.py --partitionable 0
+  python -m benchmarks.bench_init_compile --config configs/default.py --partitionable 1
+  python -m benchmarks.bench_init_compile --config configs/default.py --partitionable 0
 
 Each setting needs its own process (the setting must precede the first random op).
 """
 
 import argparse
 import functools
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import presets  # noqa: E402
-from jaxseg.models import build_model  # noqa: E402
+from benchmarks import presets
+from jaxseg.models import build_model
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_init_compile", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--config", "--model", dest="config", default="configs/default.py")
     parser.add_argument("--partitionable", type=int, choices=(0, 1), required=True)
     parser.add_argument("--size", type=int, default=32)

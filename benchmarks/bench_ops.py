@@ -1,20 +1,15 @@
 r"""Each fast formulation in jaxseg.models.layers against the straightforward op, forward+backward.
 
-  python benchmarks/bench_ops.py                 # all cases, f32
-  python benchmarks/bench_ops.py --only conv3x3  # cases whose name contains "conv3x3"
+  python -m benchmarks.bench_ops                 # all cases, f32
+  python -m benchmarks.bench_ops --only conv3x3  # cases whose name contains "conv3x3"
 
 Times jit(grad) of sum(f(x, w)**2) with respect to every input, median of --repeats after
-warm-up, and prints GFLOP/s of the counted convolution/matmul FLOPs (jaxseg.flops) where there
-are any. These are the measurements behind the choices in layers.py and backend.py; the tests
+warm-up, and prints GFLOP/s of the counted convolution/matmul FLOPs (benchmarks/flops.py) where
+there are any. These are the measurements behind the choices in layers.py and backend.py; the tests
 (tests/test_layers.py) prove each pair equal in outputs and gradients.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -24,8 +19,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from benchmarks import common  # noqa: E402
-from jaxseg import flops  # noqa: E402
+from benchmarks import common, flops  # noqa: E402
 from jaxseg.models import layers  # noqa: E402
 
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -119,7 +113,9 @@ def time_grad(fn, inputs, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_ops", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--only", default="")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 r"""Training input pipeline throughput (images/s) at given image sizes, and data build time.
 
-  python benchmarks/bench_pipeline.py --sizes 256 512 --batch 8 --batches 20 --repeats 3
-  python benchmarks/bench_pipeline.py --build-default   # also time building the default data set
+  python -m benchmarks.bench_pipeline --sizes 256 512 --batch 8 --batches 20 --repeats 3
+  python -m benchmarks.bench_pipeline --build-default   # also time building the default data set
 
 For each size, builds a small `synthetic_scenes` split at that size (JPEG images, PNG labels, as
 stored for real data sets) in a temporary tfds dir, then times the real training pipeline of
@@ -19,11 +19,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import common  # noqa: E402
-from configs.default import data_config  # noqa: E402
-from jaxseg.data import pipeline  # noqa: E402
+from benchmarks import common
+from configs.default import data_config
+from jaxseg.data import pipeline
 
 
 def _time_build(data_dir: str, size: int, num_train: int, num_validation: int) -> float:
@@ -38,7 +36,9 @@ def _time_build(data_dir: str, size: int, num_train: int, num_validation: int) -
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_pipeline", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image side, px")
     parser.add_argument("--batch", type=int, default=8, help="global batch (one host)")
     parser.add_argument("--batches", type=int, default=20, help="batches per timed run")
@@ -49,7 +49,7 @@ def main():
     )
     args = parser.parse_args()
 
-    print("command:", "python " + shlex.join(sys.argv))
+    print("command:", "python -m benchmarks.bench_pipeline " + shlex.join(sys.argv[1:]))
     print("machine:", common.machine())
     with tempfile.TemporaryDirectory() as data_dir:
         if args.build_default:

@@ -1,8 +1,8 @@
 r"""predict on one big image: wall time, host peak memory, and the device memory bound.
 
   python train.py --config configs/smoke.py --workdir runs/smoke
-  python benchmarks/bench_predict.py --workdir runs/smoke --height 3000 --width 4000
-  python benchmarks/bench_predict.py --workdir runs/smoke --mode sliding_window --crop 512
+  python -m benchmarks.bench_predict --workdir runs/smoke --height 3000 --width 4000
+  python -m benchmarks.bench_predict --workdir runs/smoke --mode sliding_window --crop 512
 
 Writes a smooth random --height x --width RGB PNG, then times `prediction.predict_files` on it
 (mask + --confidence maps) in --mode (default whole_image, which tiles an image with a side over
@@ -14,11 +14,8 @@ peak RSS (host: image, [H, W, K] logits, probabilities, outputs).
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -40,7 +37,9 @@ def planned_mb(fn, *args) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_predict", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--width", type=int, default=4000)

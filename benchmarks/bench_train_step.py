@@ -1,25 +1,20 @@
 r"""Train-step speed of a model: compile time, step time, images/s, FLOPs, "MFU", peak memory.
 
-  python benchmarks/bench_train_step.py --model unet_paper --size 256 --batch 4
-  python benchmarks/bench_train_step.py --model fcn8s --size 512 --batch 1 --dtype bfloat16
-  python benchmarks/bench_train_step.py --model configs/default.py --size 96 --batch 16
+  python -m benchmarks.bench_train_step --model unet_paper --size 256 --batch 4
+  python -m benchmarks.bench_train_step --model fcn8s --size 512 --batch 1 --dtype bfloat16
+  python -m benchmarks.bench_train_step --model configs/default.py --size 96 --batch 16
 
 --model is a preset of benchmarks/presets.py (unet_paper, unet_default, fcn8s, fcn32s, ...) or a
 config file. Times the real jitted `train_lib.train_step` (the config's optimiser and loss) on
 random data: compile time, then the first step, one warm-up step and --repeats timed steps
-(median, min, max). FLOPs are counted analytically from the step's jaxpr (`jaxseg.flops`:
+(median, min, max). FLOPs are counted analytically from the step's jaxpr (`benchmarks/flops.py`:
 convolutions and matmuls of the forward and backward pass); GFLOP/s is divided by this
 machine's matmul peak, measured in the same run (`--no-peak` skips it). Peak memory is XLA's
 buffer plan for the step plus, on CPU, the process's peak RSS; on GPUs the device's peak.
 Prints a readable line and a `RESULT {json}` line (collected by benchmarks/side_by_side.py).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxseg import backend  # noqa: E402
+from jaxseg import backend
 
 backend.configure_xla_flags()
 
@@ -30,13 +25,15 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common, presets  # noqa: E402
-from jaxseg import flops, optim, sharding, train_lib  # noqa: E402
+from benchmarks import common, flops, presets  # noqa: E402
+from jaxseg import optim, sharding, train_lib  # noqa: E402
 from jaxseg.models import build_model, output_size  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_train_step", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
     parser.add_argument("--size", type=int, default=256, help="square side, px; 0: config's crop")
     parser.add_argument("--batch", type=int, default=4, help="global batch; 0: config's batch")

@@ -8,9 +8,11 @@
 #
 # Environment knobs (defaults are the issue's table): VENV (.venv-gpu), SIZE (512), UNET_BATCH (8),
 # FCN_BATCH (8), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
-# (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU):
+# (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU; a python with
+# jaxseg's dependencies and torch):
 #   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
-#     MODELS_UNET=unet_default MODELS_FCN=none bash benchmarks/gpu_suite.sh
+#     MODELS_UNET=unet_paper MODELS_FCN=none bash benchmarks/gpu_suite.sh
+# (unet_default would time JAX alone: the torch peer has no Dice loss.)
 #
 # Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL).
 # Writes one JSON line per measurement to $OUT and prints the Markdown table at the end. Target
@@ -63,10 +65,7 @@ EOF
 
 say "bf16 matmul peak (bf16 inputs, f32 accumulation; the table's MFU denominator)"
 "$PYTHON" - <<'EOF'
-import sys
-
-sys.path.insert(0, ".")
-from benchmarks import common
+from benchmarks import common  # stdin scripts import from the working directory: the root
 
 for dtype in ("bfloat16", "float32"):
     print(f"jax {dtype} matmul peak: {common.jax_matmul_peak(dtype):.0f} GFLOP/s", flush=True)
@@ -77,7 +76,7 @@ mkdir -p "$(dirname "$OUT")"
 run_table() {  # model, batch
   [[ "$1" == none ]] && return 0
   say "side by side: $1 ${SIZE}px batch $2 bf16"
-  "$PYTHON" benchmarks/side_by_side.py --models "$1" --sizes "$SIZE" --batch "$2" \
+  "$PYTHON" -m benchmarks.side_by_side --models "$1" --sizes "$SIZE" --batch "$2" \
     --dtypes bfloat16 --torch-modes eager --repeats "$REPEATS" --timeout "$RUN_TIMEOUT" \
     --out "$OUT"
 }
@@ -85,5 +84,5 @@ run_table "$MODELS_UNET" "$UNET_BATCH"
 run_table "$MODELS_FCN" "$FCN_BATCH"
 
 say "table of $OUT"
-"$PYTHON" benchmarks/side_by_side.py --table "$OUT"
+"$PYTHON" -m benchmarks.side_by_side --table "$OUT"
 say "done"

@@ -1,7 +1,7 @@
 r"""JAX and PyTorch train steps side by side, in one run, on this machine: one table of ratios.
 
-  python benchmarks/side_by_side.py --models unet_paper --sizes 256 --batch 4
-  python benchmarks/side_by_side.py --models fcn8s fcn32s --sizes 256 --batch 2 \
+  python -m benchmarks.side_by_side --models unet_paper --sizes 256 --batch 4
+  python -m benchmarks.side_by_side --models fcn8s fcn32s --sizes 256 --batch 2 \
       --dtypes float32 bfloat16 --torch-modes eager compile
 
 For each model x size x dtype, runs benchmarks/bench_train_step.py (JAX) and
@@ -21,15 +21,13 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(cmd: list[str], timeout: float) -> dict | None:
     print("$", " ".join(cmd), flush=True)
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=os.path.dirname(HERE)
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         print(f"  timed out after {timeout:.0f} s", flush=True)
         return None
@@ -81,7 +79,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.side_by_side", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--models", nargs="+", default=["unet_paper"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--batch", type=int, default=4)
@@ -103,11 +103,9 @@ def main():
             for dtype in args.dtypes:
                 common = ["--model", model, "--size", str(size), "--batch", str(args.batch)]
                 common += ["--dtype", dtype, "--repeats", str(args.repeats)]
-                cmds = [[sys.executable, f"{HERE}/bench_train_step.py", *common]]
-                for mode in args.torch_modes:
-                    cmds.append(
-                        [sys.executable, f"{HERE}/peer_torch.py", *common, "--mode", mode, "--peak"]
-                    )
+                cmds = [[sys.executable, "-m", "benchmarks.bench_train_step", *common]]
+                torch = [sys.executable, "-m", "benchmarks.peer_torch", *common, "--peak"]
+                cmds += [[*torch, "--mode", mode] for mode in args.torch_modes]
                 for cmd in cmds:
                     record = run(cmd, args.timeout)
                     if record is None:

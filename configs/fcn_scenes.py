@@ -4,8 +4,8 @@ r"""FCN-32s (padded alignment, from scratch) on the synthetic scenes: the FCN ab
 
 Sized so that the VGG16 trunk (134 M parameters at 6 classes) runs at all on a 2-core CPU:
 32 px images and crops (pool5 is 1 x 1), batch 4, 10 steps of AdamW from random init (no
-ImageNet weights offline). A step costs ~2 s of CPU whatever the crop (the 134 M-parameter
-update and fc6's 102 M-weight gradient dominate; 0.5-1 img/s on a busy 2-core host), so this
+ImageNet weights offline). A step is slow whatever the crop (the 134 M-parameter update and
+fc6's 102 M-weight gradient dominate; measured images/s: RESULTS.md, section "FCN"), so this
 is a smoke-scale run: it learns next to nothing; it exists so that
 configs/sweeps/fcn_ablations.py runs end to end here. The paper's setting is
 configs/fcn32s_voc.py (and configs/sweeps/fcn_ablations_voc.py).

@@ -1,16 +1,17 @@
 """Backend tuning users get by default (train.py, eval.py and the benchmarks call these).
 
 XLA:CPU's experimental YNNPACK fusion of individual convolutions made conv backward passes
-~2.5x slower than XLA's own emitter on a 2-core AVX-512 CPU under jax 0.10.2; excluding it
-(`-individual_convolution`) is the faster default there. The flag is experimental: it is only
+slower than XLA's own emitter on a 2-core AVX-512 CPU under jax 0.10.2 (measured: BENCHMARKS.md,
+section "Train step, first measurements (host A)"); excluding it (`-individual_convolution`) is
+the faster default there. The flag is experimental: it is only
 added for the jaxlib releases we measured (`_MEASURED_JAXLIB`, checked at run time), only on
 CPU runs, and never when the user already set it. Set JAXSEG_NO_XLA_TUNING=1 to leave
 XLA_FLAGS untouched.
 
 On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
-compiles the partitionable threefry random-bit generator very slowly for small shapes (the
-default U-Net's jitted init: 19.9 s with it, 6.5 s without, on the 2-core machine of
-BENCHMARKS.md; benchmarks/bench_init_compile.py). Random values differ between the two
+compiles the partitionable threefry random-bit generator very slowly for small shapes, such as
+the default U-Net's jitted init (measured: BENCHMARKS.md, section "Compile time of the
+initialisation"; `python -m benchmarks.bench_init_compile`). Random values differ between the two
 settings, but both are deterministic and independent of the device count; accelerators keep
 jax's default.
 

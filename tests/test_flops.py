@@ -1,11 +1,11 @@
-"""jaxseg.flops counts convolution and matmul FLOPs exactly, through nesting and gradients."""
+"""benchmarks.flops counts convolution and matmul FLOPs exactly, through nesting and gradients."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxseg import flops
+from benchmarks import flops
 from jaxseg.models import UNet
 
 

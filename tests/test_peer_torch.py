@@ -1,4 +1,4 @@
-"""benchmarks/peer_torch.py builds the same networks as jaxseg: with jaxseg's weights copied in,
+"""benchmarks/torch_models.py builds the same networks as jaxseg: with jaxseg's weights copied in,
 its outputs equal jaxseg's. Needs the optional `[bench]` extra (torch); skipped without it."""
 
 import jax
@@ -11,17 +11,17 @@ from benchmarks.presets import load
 from jaxseg.models import build_model
 
 torch = pytest.importorskip("torch")
-peer = pytest.importorskip("benchmarks.peer_torch")
+torch_models = pytest.importorskip("benchmarks.torch_models")
 
 
 def _torch_state(torch_model, params, stats):
-    """jaxseg params/batch stats -> the torch model's state dict, by peer_torch.flax_path."""
+    """jaxseg params/batch stats -> the torch model's state dict, by torch_models.flax_path."""
     flat = {"/".join(k): a for k, a in flatten_dict(params).items()}
     state, used = torch_model.state_dict(), set()
     for name, tensor in torch_model.named_parameters():
         if not tensor.requires_grad:  # frozen bilinear upsampling: built identically
             continue
-        path = peer.flax_path(torch_model, name)
+        path = torch_models.flax_path(torch_model, name)
         a, owner = flat[path], torch_model.get_submodule(name.rsplit(".", 1)[0])
         used.add(path)
         if a.ndim == 4:  # HWIO -> OIHW; transposed convs: IOHW with the kernel flipped
@@ -61,7 +61,7 @@ def test_torch_peer_equals_jaxseg(name, overrides, size, channels):
     expected = np.asarray(
         model.apply({"params": params, **({"batch_stats": stats} if stats else {})}, x, train=False)
     )
-    torch_model = peer.build_model(config.model, channels).eval()
+    torch_model = torch_models.build_model(config.model, channels).eval()
     assert sum(p.numel() for p in torch_model.parameters() if p.requires_grad) == sum(
         a.size for a in jax.tree.leaves(params)
     )

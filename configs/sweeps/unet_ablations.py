@@ -11,7 +11,8 @@ configs/sweeps/unet_ablations_isbi.py.
 
 Valid convolutions lose 88 px per side at depth 3, so the "valid" variant trains on 148 px
 tiles (zero-padded around the 64 px images, label 255 outside) whose 60 px centre is scored, and
-evaluates with the paper's overlap-tile strategy; its steps cost ~4x more.
+evaluates with the paper's overlap-tile strategy; its steps cost several times more (measured
+images/s: RESULTS.md, section "U-Net").
 """
 
 from jaxseg.sweeps import Sweep

@@ -17,7 +17,8 @@ Classes: 0 background/unknown (sky, road, clutter), 1 person, 2 purse, 3 plants/
 Generation is vectorised over chunks of `_CHUNK` images and deterministic: the scenes of chunk
 `c` of split `s` depend only on (seed, s, c, image_size) and the chunk's length, so the same
 config always builds bit-identical data. The default config (3000 train / 300 validation images
-at 128x128) builds in 10-20 s on a 2-core CPU.
+at 128x128) builds in seconds on a CPU (measured: BENCHMARKS.md, section "Synthetic data set
+build").
 """
 
 import concurrent.futures
@@ -172,8 +173,9 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
 
 
 def _encode(array: np.ndarray, image_format: str, **options) -> bytes:
-    # Encode here (JPEG q95 images: 4x smaller and 10x faster than PNG of noisy pixels; lossless
-    # PNG labels): tfds would otherwise encode through a TF graph, one image at a time.
+    # Encode here (JPEG q95 images: several times smaller and faster to encode than PNG of noisy
+    # pixels, BENCHMARKS.md, section "Synthetic data set build"; lossless PNG labels): tfds would
+    # otherwise encode through a TF graph, one image at a time.
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=image_format, **options)
     return buffer.getvalue()
@@ -208,6 +210,54 @@ class _Canvas:
         return slot_id
 
 
+class _Scene:
+    """One chunk's random stream and pixel grid, and the shape primitives drawn on it.
+
+    Shapes are bool masks [n, S, S] (one per image) from per-image parameters [n], in image
+    fractions (0 = top / left, 1 = bottom / right). Every random draw goes through `rng` in the
+    order the painting steps run, so that order is part of the data's definition.
+    """
+
+    def __init__(self, rng: np.random.Generator, n: int, size: int):
+        self.rng, self.n, self.size = rng, n, size
+        centres = (np.arange(size, dtype=np.float32) + 0.5) / size
+        self.Y = centres[None, :, None]  # [1, S, 1], image heights as fractions
+        self.X = centres[None, None, :]  # [1, 1, S]
+        self.horizon = self.uniform(0.30, 0.55)  # [n]
+
+    def uniform(self, lo, hi, shape=None) -> np.ndarray:
+        return self.rng.uniform(lo, hi, (self.n,) if shape is None else shape).astype(np.float32)
+
+    def chance(self, p: float) -> np.ndarray:
+        """bool [n]: True with probability p, per image."""
+        return self.rng.random(self.n) < p
+
+    def rect(self, y0, y1, x0, x1) -> np.ndarray:
+        Y, X = self.Y, self.X
+        return ((_col(y0) <= Y) & (Y < _col(y1))) & ((_col(x0) <= X) & (X < _col(x1)))
+
+    def ellipse(self, cy, cx, ry, rx) -> np.ndarray:
+        return ((self.Y - _col(cy)) / _col(ry)) ** 2 + ((self.X - _col(cx)) / _col(rx)) ** 2 <= 1.0
+
+    def segment(self, y0, x0, y1, x1, width) -> np.ndarray:
+        Y, X = self.Y, self.X
+        dy, dx = _col(y1 - y0), _col(x1 - x0)
+        t = ((Y - _col(y0)) * dy + (X - _col(x0)) * dx) / (dy * dy + dx * dx)
+        t = np.clip(t, 0.0, 1.0)
+        return (Y - _col(y0) - t * dy) ** 2 + (X - _col(x0) - t * dx) ** 2 <= _col(width / 2) ** 2
+
+
+def _col(a) -> np.ndarray:
+    """float32 [n] -> [n, 1, 1], to broadcast per-image values over pixels."""
+    return np.asarray(a, np.float32)[:, None, None]
+
+
+def _off_screen(values: np.ndarray, active: np.ndarray) -> np.ndarray:
+    # Inactive objects are moved far off the image: cheaper than masking every paint. Move a
+    # coordinate that all of the object's extent depends on (its x for tall objects).
+    return np.where(active, values, np.float32(-10.0))
+
+
 def render_scenes(
     seed: int, split_id: int, chunk: int, n: int, size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -223,160 +273,190 @@ def render_scenes(
     Returns:
       images: uint8 [n, size, size, 3]; labels: uint8 [n, size, size], class ids 0..5.
     """
-    rng = np.random.default_rng([seed, split_id, chunk, size])
-    centres = (np.arange(size, dtype=np.float32) + 0.5) / size
-    Y = centres[None, :, None]  # [1, S, 1], image heights as fractions
-    X = centres[None, None, :]  # [1, 1, S]
-
-    def uniform(lo, hi, shape=(n,)):
-        return rng.uniform(lo, hi, shape).astype(np.float32)
-
-    def col(a):
-        return np.asarray(a, np.float32)[:, None, None]
-
-    def rect(y0, y1, x0, x1):
-        return ((col(y0) <= Y) & (Y < col(y1))) & ((col(x0) <= X) & (X < col(x1)))
-
-    def ellipse(cy, cx, ry, rx):
-        return ((Y - col(cy)) / col(ry)) ** 2 + ((X - col(cx)) / col(rx)) ** 2 <= 1.0
-
-    def segment(y0, x0, y1, x1, width):
-        dy, dx = col(y1 - y0), col(x1 - x0)
-        t = ((Y - col(y0)) * dy + (X - col(x0)) * dx) / (dy * dy + dx * dx)
-        t = np.clip(t, 0.0, 1.0)
-        return (Y - col(y0) - t * dy) ** 2 + (X - col(x0) - t * dx) ** 2 <= col(width / 2) ** 2
-
-    def off_screen(values, active):
-        # Inactive objects are moved far off the image: cheaper than masking every paint. Move a
-        # coordinate that all of the object's extent depends on (its x for tall objects).
-        return np.where(active, values, np.float32(-10.0))
-
+    scene = _Scene(np.random.default_rng([seed, split_id, chunk, size]), n, size)
     canvas = _Canvas(n, size)
-    horizon = uniform(0.30, 0.55)
-    below = Y - col(horizon)  # > 0 under the horizon
+    # Back to front (painter's algorithm): each step occludes what the earlier ones painted.
+    ground_slots = _paint_ground(scene, canvas)
+    _paint_buildings(scene, canvas)
+    _paint_trees(scene, canvas)
+    _paint_clutter(scene, canvas)
+    shadows, torso_slots, arm_slots = _paint_people(scene, canvas)
+    _paint_foreground(scene, canvas)
+
+    labels = np.asarray(canvas.classes, np.uint8)[canvas.slot]
+    image = _apply_materials(scene, canvas, torso_slots, arm_slots)
+    in_shadow = np.logical_or.reduce(shadows) & (canvas.slot < ground_slots)
+    image = _apply_lighting(scene, image, in_shadow)
+    _add_sensor_noise(scene, image)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), labels
+
+
+def _paint_ground(scene: _Scene, canvas: _Canvas) -> int:
+    """Road (background), an optional lawn beyond the sidewalk, and the sidewalk itself, bounded
+    by two lines through a vanishing point on the horizon. Returns the first slot id above the
+    ground: shadows fall on slots below it only."""
+    n, size, X = scene.n, scene.size, scene.X
+    below = scene.Y - _col(scene.horizon)  # > 0 under the horizon
     ground = below >= 0
-
-    # Ground: road (background), an optional lawn beyond the sidewalk, the sidewalk itself,
-    # bounded by two lines through a vanishing point on the horizon.
     canvas.paint(np.broadcast_to(ground, (n, size, size)), BACKGROUND, "asphalt")
-    vanish_x = uniform(0.15, 0.85)
-    left = uniform(-1.6, 0.4)
-    right = left + uniform(0.5, 1.8)
-    side = X - col(vanish_x)
-    gap = uniform(0.1, 0.6)
-    lawn_left = rng.random(n) < 0.5
+    vanish_x = scene.uniform(0.15, 0.85)
+    left = scene.uniform(-1.6, 0.4)
+    right = left + scene.uniform(0.5, 1.8)
+    side = X - _col(vanish_x)
+    gap = scene.uniform(0.1, 0.6)
+    lawn_left = scene.chance(0.5)
     lawn_slope = np.where(lawn_left, left - gap, right + gap)
-    lawn = np.where(col(lawn_left), side < col(lawn_slope) * below, side >= col(lawn_slope) * below)
-    canvas.paint(ground & lawn & col(rng.random(n) < 0.6).astype(bool), PLANTS, "foliage")
-    canvas.paint(
-        ground & (side >= col(left) * below) & (side < col(right) * below), SIDEWALK, "paving"
+    lawn = np.where(
+        _col(lawn_left), side < _col(lawn_slope) * below, side >= _col(lawn_slope) * below
     )
-    ground_slots = len(canvas.classes)  # slots below this id are ground: shadows fall on them
+    canvas.paint(ground & lawn & _col(scene.chance(0.6)).astype(bool), PLANTS, "foliage")
+    canvas.paint(
+        ground & (side >= _col(left) * below) & (side < _col(right) * below), SIDEWALK, "paving"
+    )
+    return len(canvas.classes)
 
-    for _ in range(5):  # buildings standing on the horizon
-        x0 = off_screen(uniform(-0.1, 0.9), rng.random(n) < 0.85)
-        top = horizon * uniform(0.05, 0.85)
+
+def _paint_buildings(scene: _Scene, canvas: _Canvas) -> None:
+    """Up to 5 buildings standing on the horizon."""
+    horizon = scene.horizon
+    for _ in range(5):
+        x0 = _off_screen(scene.uniform(-0.1, 0.9), scene.chance(0.85))
+        top = horizon * scene.uniform(0.05, 0.85)
         canvas.paint(
-            rect(top, horizon + uniform(0.0, 0.04), x0, x0 + uniform(0.12, 0.45)),
+            scene.rect(top, horizon + scene.uniform(0.0, 0.04), x0, x0 + scene.uniform(0.12, 0.45)),
             BUILDING,
             "facade",
         )
 
-    for _ in range(2):  # trees: trunk, then canopy
-        tx = off_screen(uniform(0.0, 1.0), rng.random(n) < 0.6)
-        cy = horizon - uniform(0.02, 0.2)
-        ry = uniform(0.06, 0.16)
-        half = uniform(0.008, 0.02)
-        canvas.paint(rect(cy, horizon + uniform(0.01, 0.08), tx - half, tx + half), PLANTS, "bark")
-        canvas.paint(ellipse(cy, tx, ry, ry * uniform(0.6, 1.2)), PLANTS, "foliage")
 
-    for k in range(5):  # clutter on the ground; the last two are purse-sized boxes (decoys)
-        active = rng.random(n) < 0.5
-        bottom = off_screen(uniform(0.05, 0.6) + horizon, active)
-        scale = (bottom - horizon) * (uniform(0.25, 0.7) if k < 3 else uniform(0.1, 0.18))
-        cx = uniform(0.0, 1.0)
-        half_w = scale * uniform(0.4, 1.0)
+def _paint_trees(scene: _Scene, canvas: _Canvas) -> None:
+    """Up to 2 trees on the horizon: trunk, then canopy."""
+    horizon = scene.horizon
+    for _ in range(2):
+        tx = _off_screen(scene.uniform(0.0, 1.0), scene.chance(0.6))
+        cy = horizon - scene.uniform(0.02, 0.2)
+        ry = scene.uniform(0.06, 0.16)
+        half = scene.uniform(0.008, 0.02)
+        trunk = scene.rect(cy, horizon + scene.uniform(0.01, 0.08), tx - half, tx + half)
+        canvas.paint(trunk, PLANTS, "bark")
+        canvas.paint(scene.ellipse(cy, tx, ry, ry * scene.uniform(0.6, 1.2)), PLANTS, "foliage")
+
+
+def _paint_clutter(scene: _Scene, canvas: _Canvas) -> None:
+    """Up to 5 boxes or blobs on the ground (background); the last two are purse-sized."""
+    horizon, rng = scene.horizon, scene.rng
+    for k in range(5):
+        active = scene.chance(0.5)
+        bottom = _off_screen(scene.uniform(0.05, 0.6) + horizon, active)
+        scale = (bottom - horizon) * (
+            scene.uniform(0.25, 0.7) if k < 3 else scene.uniform(0.1, 0.18)
+        )
+        cx = scene.uniform(0.0, 1.0)
+        half_w = scale * scene.uniform(0.4, 1.0)
         # The last two are purse-like decoys half of the time: context must tell them apart.
         look = "leather" if k >= 3 and rng.random() < 0.5 else "any"
         if rng.random() < 0.5:
-            canvas.paint(rect(bottom - scale, bottom, cx - half_w, cx + half_w), BACKGROUND, look)
+            shape = scene.rect(bottom - scale, bottom, cx - half_w, cx + half_w)
         else:
-            canvas.paint(ellipse(bottom - scale / 2, cx, scale / 2, half_w), BACKGROUND, look)
+            shape = scene.ellipse(bottom - scale / 2, cx, scale / 2, half_w)
+        canvas.paint(shape, BACKGROUND, look)
 
-    # People, painted far to near so nearer ones occlude. Height follows perspective: feet lower
-    # in the image means closer, hence taller.
+
+def _paint_people(scene: _Scene, canvas: _Canvas) -> tuple[list, list[int], list[int]]:
+    """0-4 people per image, far to near so nearer ones occlude, some carrying a purse.
+
+    Height follows perspective: feet lower in the image means closer, hence taller. Returns the
+    shadow masks at their feet, the torso slot ids and the arm slot ids (two per torso).
+    """
+    n, rng, horizon = scene.n, scene.rng, scene.horizon
     count = rng.choice(_MAX_PEOPLE + 1, size=n, p=[0.1, 0.3, 0.3, 0.2, 0.1])
-    feet = uniform(0.12, 0.6, (n, _MAX_PEOPLE)) + horizon[:, None]
+    feet = scene.uniform(0.12, 0.6, (n, _MAX_PEOPLE)) + horizon[:, None]
     feet = np.sort(feet, axis=1)
     active = np.arange(_MAX_PEOPLE)[None, :] < count[:, None]
     active = np.take_along_axis(
         active, rng.permuted(np.tile(np.arange(_MAX_PEOPLE), (n, 1)), axis=1), 1
     )
-    heights = np.maximum((feet - horizon[:, None]) * uniform(1.1, 1.5, (n, _MAX_PEOPLE)), 0.1)
-    xs = uniform(0.03, 0.97, (n, _MAX_PEOPLE))
-    shadows = []
-    arm_slots, torso_slots, head_slots = [], [], []
+    heights = np.maximum((feet - horizon[:, None]) * scene.uniform(1.1, 1.5, (n, _MAX_PEOPLE)), 0.1)
+    xs = scene.uniform(0.03, 0.97, (n, _MAX_PEOPLE))
+    shadows, torso_slots, arm_slots = [], [], []
     for j in range(_MAX_PEOPLE):
         h, px = heights[:, j], xs[:, j]
-        py = off_screen(feet[:, j], active[:, j])
-        shadows.append(ellipse(py, px + 0.08 * h, 0.03 * h, 0.2 * h))
+        py = _off_screen(feet[:, j], active[:, j])
+        shadows.append(scene.ellipse(py, px + 0.08 * h, 0.03 * h, 0.2 * h))
         hip, shoulder = py - 0.47 * h, py - 0.84 * h
-        canvas.paint(rect(hip, py, px - 0.11 * h, px - 0.015 * h), PERSON)  # legs
-        canvas.paint(rect(hip, py, px + 0.015 * h, px + 0.11 * h), PERSON)
-        torso_slots.append(
-            canvas.paint(rect(shoulder, hip + 0.03 * h, px - 0.13 * h, px + 0.13 * h), PERSON)
-        )
-        arm_slots.append(
-            canvas.paint(rect(shoulder + 0.02 * h, hip, px - 0.19 * h, px - 0.13 * h), PERSON)
-        )
-        arm_slots.append(
-            canvas.paint(rect(shoulder + 0.02 * h, hip, px + 0.13 * h, px + 0.19 * h), PERSON)
-        )
-        head_slots.append(
-            canvas.paint(ellipse(py - 0.92 * h, px, 0.085 * h, 0.07 * h), PERSON, "skin")
-        )
-        # A purse hangs from one hand; half of them also have a strap over the other shoulder.
-        has_purse = rng.random(n) < 0.55
-        hand = np.where(rng.random(n) < 0.5, -1.0, 1.0).astype(np.float32)
-        hand_x = px + hand * 0.16 * h
-        purse_w, purse_h = uniform(0.16, 0.26) * h, uniform(0.13, 0.2) * h
-        purse_cx = hand_x + hand * 0.06 * h
-        top = off_screen(hip - 0.02 * h, has_purse)
-        canvas.paint(
-            rect(top, top + purse_h, purse_cx - purse_w / 2, purse_cx + purse_w / 2),
-            PURSE,
-            "leather",
-        )
-        # Straps are segments, costly to rasterise: only images that have one draw it.
-        strap = np.flatnonzero(has_purse & active[:, j] & (rng.random(n) < 0.5))
-        canvas.paint_some(
-            strap,
-            segment(
-                *(v[strap] for v in (shoulder + 0.02 * h, px - hand * 0.1 * h, top, hand_x)),
-                0.025 * h[strap],
-            ),
-            PURSE,
-            "leather",
-        )
+        canvas.paint(scene.rect(hip, py, px - 0.11 * h, px - 0.015 * h), PERSON)  # legs
+        canvas.paint(scene.rect(hip, py, px + 0.015 * h, px + 0.11 * h), PERSON)
+        torso = scene.rect(shoulder, hip + 0.03 * h, px - 0.13 * h, px + 0.13 * h)
+        torso_slots.append(canvas.paint(torso, PERSON))
+        for x0, x1 in ((px - 0.19 * h, px - 0.13 * h), (px + 0.13 * h, px + 0.19 * h)):
+            arm_slots.append(canvas.paint(scene.rect(shoulder + 0.02 * h, hip, x0, x1), PERSON))
+        canvas.paint(scene.ellipse(py - 0.92 * h, px, 0.085 * h, 0.07 * h), PERSON, "skin")
+        _paint_purse(scene, canvas, px, h, hip, shoulder, active[:, j])
+    return shadows, torso_slots, arm_slots
 
-    for _ in range(2):  # foreground bushes, occluding legs and purses
-        cy = off_screen(horizon + uniform(0.25, 0.65), rng.random(n) < 0.35)
-        rx = uniform(0.06, 0.18)
-        canvas.paint(ellipse(cy, uniform(0.0, 1.0), rx * uniform(0.4, 0.8), rx), PLANTS, "foliage")
-    for _ in range(2):  # poles, occluding everything behind them
-        top = uniform(0.02, 0.9) * horizon
-        cx, half = off_screen(uniform(0.0, 1.0), rng.random(n) < 0.35), uniform(0.006, 0.015)
-        canvas.paint(
-            rect(top, horizon + uniform(0.1, 0.5), cx - half, cx + half), BUILDING, "metal"
-        )
 
+def _paint_purse(
+    scene: _Scene,
+    canvas: _Canvas,
+    px: np.ndarray,
+    h: np.ndarray,
+    hip: np.ndarray,
+    shoulder: np.ndarray,
+    person_active: np.ndarray,
+) -> None:
+    """A purse hanging from one hand, for 55% of the people; half of them also have a strap over
+    the other shoulder. The person: centre x `px`, height `h`, `hip` and `shoulder` y, all [n]."""
+    has_purse = scene.chance(0.55)
+    hand = np.where(scene.chance(0.5), -1.0, 1.0).astype(np.float32)
+    hand_x = px + hand * 0.16 * h
+    purse_w, purse_h = scene.uniform(0.16, 0.26) * h, scene.uniform(0.13, 0.2) * h
+    purse_cx = hand_x + hand * 0.06 * h
+    top = _off_screen(hip - 0.02 * h, has_purse)
+    canvas.paint(
+        scene.rect(top, top + purse_h, purse_cx - purse_w / 2, purse_cx + purse_w / 2),
+        PURSE,
+        "leather",
+    )
+    # Straps are segments, costly to rasterise: only images that have one draw it.
+    strap = np.flatnonzero(has_purse & person_active & scene.chance(0.5))
+    canvas.paint_some(
+        strap,
+        scene.segment(
+            *(v[strap] for v in (shoulder + 0.02 * h, px - hand * 0.1 * h, top, hand_x)),
+            0.025 * h[strap],
+        ),
+        PURSE,
+        "leather",
+    )
+
+
+def _paint_foreground(scene: _Scene, canvas: _Canvas) -> None:
+    """Up to 2 bushes (occluding legs and purses), then up to 2 poles (occluding everything)."""
+    horizon = scene.horizon
+    for _ in range(2):
+        cy = _off_screen(horizon + scene.uniform(0.25, 0.65), scene.chance(0.35))
+        rx = scene.uniform(0.06, 0.18)
+        bush = scene.ellipse(cy, scene.uniform(0.0, 1.0), rx * scene.uniform(0.4, 0.8), rx)
+        canvas.paint(bush, PLANTS, "foliage")
+    for _ in range(2):
+        top = scene.uniform(0.02, 0.9) * horizon
+        cx = _off_screen(scene.uniform(0.0, 1.0), scene.chance(0.35))
+        half = scene.uniform(0.006, 0.015)
+        pole = scene.rect(top, horizon + scene.uniform(0.1, 0.5), cx - half, cx + half)
+        canvas.paint(pole, BUILDING, "metal")
+
+
+def _apply_materials(
+    scene: _Scene, canvas: _Canvas, torso_slots: list[int], arm_slots: list[int]
+) -> np.ndarray:
+    """float32 [n, S, S, 3]: every slot's pixels, two colours mixed by one texture of the bank.
+
+    Each slot's first colour is its material's typical colour (asphalt, paving, foliage, ...)
+    most of the time and anything otherwise, so colour is a strong hint but never the answer.
+    """
+    rng, n, size = scene.rng, scene.n, scene.size
     classes = np.asarray(canvas.classes, np.uint8)
-    labels = classes[canvas.slot]
     num_slots = len(classes)
-
-    # Per-slot appearance: two colours mixed by one texture from the bank. Each slot's first
-    # colour is its material's typical colour (asphalt, paving, foliage, ...) most of the time
-    # and anything otherwise, so colour is a strong hint but never the answer.
     colour = _slot_colours(rng, canvas.looks, n)
     # Sleeves match the shirt.
     colour[:, arm_slots] = np.repeat(colour[:, torso_slots], 2, axis=1)
@@ -399,21 +479,28 @@ def render_scenes(
     mix = np.take(bank, texel + (pixels[:, None] * (2 * size) + pixels[None, :]))
     c1 = np.take(colour.reshape(-1, 3), flat_slot, axis=0).reshape(n, size, size, 3)
     delta = np.take((second - colour).reshape(-1, 3), flat_slot, axis=0)
-    image = c1 + mix[..., None] * delta.reshape(n, size, size, 3)
+    return c1 + mix[..., None] * delta.reshape(n, size, size, 3)
 
-    # Lighting: global gain with a linear gradient, shadows at people's feet, a colour cast.
-    angle = uniform(0, 2 * np.pi)
-    gradient = col(np.cos(angle)) * (Y - 0.5) + col(np.sin(angle)) * (X - 0.5)
-    gain = col(uniform(0.65, 1.25)) * (1.0 + col(uniform(0.0, 0.6)) * gradient)
-    in_shadow = np.logical_or.reduce(shadows) & (canvas.slot < ground_slots)
+
+def _apply_lighting(scene: _Scene, image: np.ndarray, in_shadow: np.ndarray) -> np.ndarray:
+    """Global gain with a linear gradient, shadows (`in_shadow` [n, S, S]), a colour cast."""
+    angle = scene.uniform(0, 2 * np.pi)
+    gradient = _col(np.cos(angle)) * (scene.Y - 0.5) + _col(np.sin(angle)) * (scene.X - 0.5)
+    gain = _col(scene.uniform(0.65, 1.25)) * (1.0 + _col(scene.uniform(0.0, 0.6)) * gradient)
     gain = np.where(in_shadow, gain * np.float32(0.65), gain)
-    image *= gain[..., None] * uniform(0.9, 1.1, (n, 1, 1, 3))
-    # Sensor noise: windows of one shared noise field, ~10x cheaper than fresh per-pixel draws.
+    image *= gain[..., None] * scene.uniform(0.9, 1.1, (scene.n, 1, 1, 3))
+    return image
+
+
+def _add_sensor_noise(scene: _Scene, image: np.ndarray) -> None:
+    """Adds Gaussian noise to `image` [n, S, S, 3] in place, one sigma per image."""
+    size, rng = scene.size, scene.rng
+    # Windows of one shared noise field: much cheaper than fresh per-pixel draws (BENCHMARKS.md,
+    # section "Synthetic data set build"); each image still gets per-pixel Gaussian noise.
     field = rng.standard_normal((2 * size, 2 * size, 3), np.float32)
-    sigma = uniform(2.0, 10.0)
-    for i, (oy, ox) in enumerate(rng.integers(0, size, (n, 2))):
+    sigma = scene.uniform(2.0, 10.0)
+    for i, (oy, ox) in enumerate(rng.integers(0, size, (scene.n, 2))):
         image[i] += field[oy : oy + size, ox : ox + size] * sigma[i]
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), labels
 
 
 def _shade(rng, base, spread, size):
