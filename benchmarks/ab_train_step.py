@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import flops, presets  # noqa: E402
-from jaxseg import optim, sharding, train_lib  # noqa: E402
+from jaxseg import optim, sharding, train_lib, train_state  # noqa: E402
 from jaxseg.models import build_model, layers  # noqa: E402
 
 # (label, model dtype, SHIFTED_MATMUL_MIN_CHANNELS): a huge threshold restores XLA's convs.
@@ -39,7 +39,7 @@ def compiled_step(name: str, size: int, batch: int, dtype: str):
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
     init = functools.partial(
-        train_lib.init_state, model=model, tx=tx, input_shape=(1, size, size, 3)
+        train_state.init_state, model=model, tx=tx, input_shape=(1, size, size, 3)
     )
     shardings = sharding.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
     state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))

@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common, flops, presets  # noqa: E402
-from jaxseg import evaluation, optim, sharding, train_lib  # noqa: E402
+from jaxseg import evaluation, optim, sharding, train_state  # noqa: E402
 from jaxseg.data import datasets  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 
@@ -57,9 +57,10 @@ def main():
     model = build_model(config.model)
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh()
-    _, _, init = train_lib.create_state(config, model, tx, mesh)
+    spec = datasets.dataset_spec(config.data)
+    _, _, init = train_state.create_state(config, model, tx, mesh, spec)
     state = init(jax.random.key(0))
-    variables = evaluation.variables_of(state)
+    variables = train_state.variables_of(state)
 
     if args.memory_passes:
         evaluator = evaluation.Evaluator(config, model, mesh, datasets.dataset_spec(config.data))

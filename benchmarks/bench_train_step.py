@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common, flops, presets  # noqa: E402
-from jaxseg import optim, sharding, train_lib  # noqa: E402
+from jaxseg import optim, sharding, train_lib, train_state  # noqa: E402
 from jaxseg.models import build_model, output_size  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main():
     tx, _ = optim.make_optimizer(config.optim, config.total_steps)
     mesh = sharding.make_mesh(num_fsdp=config.mesh.fsdp)
     init = functools.partial(
-        train_lib.init_state,
+        train_state.init_state,
         model=model,
         tx=tx,
         input_shape=(1, height, width, args.channels),

@@ -34,8 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import common, torch_models
 from benchmarks.presets import load
+from jaxseg.labels import IGNORE_ID
 
-IGNORE_LABEL = 255
 # jaxseg.optim's norm-module pattern: no weight decay inside these modules.
 _NORM_MODULE = re.compile(r"norm|(?<![a-z])bn(?![a-z])")
 
@@ -170,7 +170,7 @@ def main():
             logits.float(),
             labels,
             weight=class_weights,
-            ignore_index=IGNORE_LABEL,
+            ignore_index=IGNORE_ID,
             reduction="mean" if normalize else "sum",
         )
         return (loss if normalize else loss / args.batch), logits

@@ -3,10 +3,10 @@
 import ml_collections
 
 from configs import default
+from jaxseg.models import pretrained
 
 # Caffe's preprocessing, which the ImageNet VGG16 weights expect: 0..255 pixels minus the
 # per-channel mean, no scaling. Our images arrive in [0, 1]: mean/255 and std 1/255 are the same.
-_RGB_MEAN_255 = (123.68, 116.779, 103.939)
 
 
 def fcn_config(variant: str, *, normalized_loss: bool = False) -> ml_collections.ConfigDict:
@@ -63,7 +63,7 @@ def fcn_config(variant: str, *, normalized_loss: bool = False) -> ml_collections
     d.min_scale = d.max_scale = 1.0  # No augmentation in the release.
     d.hflip = False
     d.brightness = d.contrast = d.saturation = d.hue = 0.0
-    d.mean = tuple(m / 255 for m in _RGB_MEAN_255)
+    d.mean = tuple(m / 255 for m in reversed(pretrained.IMAGENET_BGR_MEAN))  # RGB order
     d.std = (1 / 255,) * 3
     d.eval_pad_size = (512, 512)
     return config

@@ -241,7 +241,7 @@ def predict_image(
 def save_unit_png(values: np.ndarray, path: str) -> None:
     """Writes a float map [H, W] in [0, 1] as a 16-bit greyscale PNG (pixel = value * 65535)."""
     data = np.rint(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
-    # Level 1: on a smooth 4000x3000 map 2% larger and 2.4x faster than PIL's default 6.
+    # Level 1: smooth probability maps compress almost as well as at PIL's default 6, far faster.
     Image.fromarray(data).save(path, compress_level=1)
 
 

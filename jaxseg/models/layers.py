@@ -8,8 +8,8 @@ outputs and gradients, to the straightforward flax/lax formulation.
 
 bfloat16 on CPUs with bf16 dot instructions (AVX512_BF16 / AMX): XLA:CPU runs bf16 convolutions
 and bf16 -> bf16 matmuls without them, but a bf16 x bf16 `dot_general` with
-`preferred_element_type=float32` uses them (3-4x its f32 matmul on the AMX host of
-BENCHMARKS.md). `matmul` and `ShiftedMatmulConv` use that form in the forward pass and, through
+`preferred_element_type=float32` uses them (measured: BENCHMARKS.md, "JAX vs PyTorch, side by
+side (host C ...)"). `matmul` and `ShiftedMatmulConv` use that form in the forward pass and, through
 a custom VJP, in both backward products; `conv` picks them on the CPU backend only.
 """
 
@@ -255,11 +255,10 @@ def _shifted_matmul_conv_bwd(pads, res, g):
 
 _shifted_matmul_conv.defvjp(_shifted_matmul_conv_fwd, _shifted_matmul_conv_bwd)
 
-# Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution.
-# Measured on the AMX host of BENCHMARKS.md, in one process, alternating: the paper U-Net's bf16
-# gradient step at 128 px took 3.95 s with XLA's convs, 2.6 s with this at >= 128 channels and
-# 1.95 s at >= 64; single 16- and 32-channel convs ran 2-5x slower as matmuls (the thin
-# [*, C] x [C, O] products do not pay for the shifted copies). benchmarks/bench_ops.py times it.
+# Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution:
+# below it the thin [*, C] x [C, O] products do not pay for the shifted copies. Measured with
+# benchmarks/ab_train_step.py and bench_ops.py; figures in BENCHMARKS.md, "JAX vs PyTorch, side
+# by side (host C ...)".
 SHIFTED_MATMUL_MIN_CHANNELS = 64
 
 
