@@ -256,10 +256,11 @@ def _shifted_matmul_conv_bwd(pads, res, g):
 _shifted_matmul_conv.defvjp(_shifted_matmul_conv_fwd, _shifted_matmul_conv_bwd)
 
 # Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution:
-# below it the thin [*, C] x [C, O] products do not pay for the shifted copies. Measured with
-# benchmarks/ab_train_step.py and bench_ops.py; figures in BENCHMARKS.md, "JAX vs PyTorch, side
-# by side (host C ...)".
-SHIFTED_MATMUL_MIN_CHANNELS = 64
+# below it copying the nine shifted views costs more than the faster bf16 products save (the
+# copies grow with N*H*W*C, the products' advantage with C). Measured with
+# benchmarks/bench_conv_forms.py and ab_train_step.py; figures in BENCHMARKS.md, "What bounds
+# it (host C, idle, 2026-12-02)".
+SHIFTED_MATMUL_MIN_CHANNELS = 256
 
 
 class ShiftedMatmulConv(nn.Module):
