@@ -16,6 +16,10 @@ a sliding window of --max_tile crops). --save_probs writes <stem>_probs.npz (flo
 <stem>_maxprob.png and <stem>_entropy.png (entropy / log K), and with --flip or --scales
 <stem>_tta_variance.png (variance of the class probabilities across augmentations, summed over
 classes), all 16-bit PNGs of values in [0, 1].
+
+Nothing of the user's is replaced: --output may not be (or lie inside) an input's folder, and a
+file already at an output name is replaced only with --force and only if predict wrote it (its
+PNG "Software" text or npz `written_by` entry says so); these checks run before the model loads.
 """
 
 from jaxseg import backend
@@ -26,7 +30,7 @@ import os  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from jaxseg import prediction  # noqa: E402
+from jaxseg import logs, prediction  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The trained run directory (config.json, checkpoints/).")
@@ -52,6 +56,9 @@ flags.DEFINE_integer("batch_size_per_device", 1, "Images (whole_image) or tiles 
 flags.DEFINE_integer("max_tile", 1024, "whole_image: larger sides run as sliding window; 0=off.")
 flags.DEFINE_enum("save_probs", "", ["", "npz", "png16"], "Also write class probabilities.")
 flags.DEFINE_bool("confidence", False, "Also write max-probability, entropy (and TTA variance).")
+flags.DEFINE_bool(
+    "force", False, "Replace outputs an earlier predict wrote in --output (never other files)."
+)
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -60,6 +67,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     backend.hide_accelerators_from_tensorflow()
     backend.configure_jax_for_backend()
+    logs.route_library_logs()  # orbax's INFO chatter off the console
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     sizes = lambda v: None if v is None else [int(x) for x in v]
@@ -80,6 +88,7 @@ def main(argv):
         max_tile=FLAGS.max_tile,
         save_probs=FLAGS.save_probs,
         confidence=FLAGS.confidence,
+        force=FLAGS.force,
     )
     print(f"wrote {len(paths)} masks to {FLAGS.output}")
 

@@ -22,6 +22,7 @@ predict.py sees exactly the borders that training and evaluation saw. An image w
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
 import sys
@@ -32,7 +33,7 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from jaxseg import sharding, tiled_inference, train_state, visualize
 from jaxseg import workdir as workdir_lib
@@ -238,11 +239,34 @@ def predict_image(
     return segment_batch(predictor, [image], settings)[0].labels
 
 
+# Every file predict writes says so (PNG "Software" text chunk, npz `written_by` entry): an
+# existing file is replaced only when it carries this mark and --force is given (`check_outputs`).
+WRITTEN_BY = "jaxseg predict"
+
+
+def _save_png(image: Image.Image, path: str, **options) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", WRITTEN_BY)
+    image.save(path, format="PNG", pnginfo=info, **options)
+
+
+def written_by_predict(path: str) -> bool:
+    """Whether the file at `path` is one predict wrote (its mark), not a user's file."""
+    try:
+        if path.endswith(".npz"):
+            with np.load(path) as data:
+                return "written_by" in data.files and str(data["written_by"]) == WRITTEN_BY
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.text.get("Software") == WRITTEN_BY
+    except (OSError, ValueError, UnidentifiedImageError):
+        return False
+
+
 def save_unit_png(values: np.ndarray, path: str) -> None:
     """Writes a float map [H, W] in [0, 1] as a 16-bit greyscale PNG (pixel = value * 65535)."""
     data = np.rint(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
     # Level 1: smooth probability maps compress almost as well as at PIL's default 6, far faster.
-    Image.fromarray(data).save(path, compress_level=1)
+    _save_png(Image.fromarray(data), path, compress_level=1)
 
 
 def read_unit_png(path: str) -> np.ndarray:
@@ -259,7 +283,10 @@ def save_probabilities(
     if fmt == "npz":
         path = os.path.join(output_dir, f"{stem}_probs.npz")
         np.savez_compressed(
-            path, probabilities=probs.astype(np.float16), class_names=np.asarray(class_names)
+            path,
+            probabilities=probs.astype(np.float16),
+            class_names=np.asarray(class_names),
+            written_by=np.asarray(WRITTEN_BY),
         )
         return [path]
     if fmt == "png16":
@@ -304,7 +331,7 @@ def save_mask(labels: np.ndarray, palette: visualize.Palette, path: str) -> None
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = np.asarray(palette, np.uint8)
     img.putpalette(flat.reshape(-1).tolist())
-    img.save(path)
+    _save_png(img, path)
 
 
 def list_inputs(inputs: str) -> list[str]:
@@ -323,6 +350,64 @@ def list_inputs(inputs: str) -> list[str]:
     if not paths or missing:
         raise FileNotFoundError(f"--input: no such file(s): {missing or inputs!r}")
     return paths
+
+
+def output_names(stem: str, *, overlay: bool, save_probs: str, confidence: bool) -> list[str]:
+    """Glob patterns (in the output folder) of what predict may write for one input stem."""
+    names = [f"{stem}.png"]
+    if overlay:
+        names.append(f"{stem}_overlay.png")
+    if save_probs == "npz":
+        names.append(f"{stem}_probs.npz")
+    elif save_probs == "png16":
+        names.append(f"{stem}_prob_[0-9]*.png")
+    if confidence:
+        names += [f"{stem}_maxprob.png", f"{stem}_entropy.png", f"{stem}_tta_variance.png"]
+    return names
+
+
+def check_outputs(paths: Sequence[str], output_dir: str, names: Sequence[str], force: bool) -> None:
+    """Refuses, before any model is loaded, every write that could destroy a user's file.
+
+    - The output folder may not be an input's folder or lie inside one: masks would mix with
+      the images (and be read as images by the next run over that folder).
+    - No planned output may be an input file.
+    - An existing file at a planned output path is replaced only with `force`, and only if
+      predict wrote it (`written_by_predict`); a user's file of the same name is never replaced.
+    """
+    out = os.path.realpath(output_dir)
+    for folder in sorted({os.path.realpath(os.path.dirname(os.path.abspath(p))) for p in paths}):
+        if out == folder or out.startswith(folder + os.sep):
+            raise ValueError(
+                f"--output {output_dir} is {'the' if out == folder else 'inside the'} input "
+                f"folder {folder}: masks would be written among the images (and could replace "
+                "them); give a separate folder"
+            )
+    if not os.path.isdir(out):
+        return
+    inputs = {os.path.realpath(p) for p in paths}
+    existing = sorted(
+        {
+            os.path.realpath(hit)
+            for pattern in names
+            for hit in glob.glob(os.path.join(out, pattern))
+        }
+    )
+    clobbered = [p for p in existing if p in inputs]
+    if clobbered:
+        raise ValueError(f"--output would replace input file(s) {clobbered}")
+    foreign = [p for p in existing if not written_by_predict(p)]
+    if foreign:
+        raise ValueError(
+            f"--output {output_dir} already holds {len(foreign)} file(s) predict did not write, "
+            f"at the names it would write (e.g. {foreign[0]}); they are never replaced: give "
+            "another folder or move them"
+        )
+    if existing and not force:
+        raise ValueError(
+            f"--output {output_dir} already holds {len(existing)} output(s) of an earlier "
+            f"predict (e.g. {existing[0]}); pass --force to replace them, or give another folder"
+        )
 
 
 def predict_files(
@@ -388,7 +473,9 @@ def predict_files(
                 if save_overlay:
                     pixels = np.rint(image * 255).astype(np.uint8)
                     blended = visualize.overlay(pixels, result.labels, predictor.palette, alpha)
-                    Image.fromarray(blended).save(os.path.join(output_dir, f"{stem}_overlay.png"))
+                    _save_png(
+                        Image.fromarray(blended), os.path.join(output_dir, f"{stem}_overlay.png")
+                    )
                 if save_probs:
                     save_probabilities(
                         result.probs, output_dir, stem, save_probs, predictor.class_names
@@ -429,18 +516,27 @@ def predict(
     max_tile: int = 1024,
     save_probs: str = "",
     confidence: bool = False,
+    force: bool = False,
 ) -> list[str]:
     """predict.py's one call: restore `checkpoint` of `workdir`, segment `inputs` (a folder or a
     comma-separated list of files) into `output_dir`. Returns the mask paths (unreadable files
     are skipped and listed, unless `strict`).
 
     mode, crop, stride, tile_in, flip, scales: the inference mode and TTA; None = the run's
-    config.eval field. See `predict_files` for the outputs, `load_predictor` for the rest.
+    config.eval field. See `predict_files` for the outputs, `load_predictor` for the rest;
+    `check_outputs` for what is refused (`force`: replace outputs of an earlier predict).
     """
     paths = list_inputs(inputs)
     # Errors that need no model should surface before a restore and compile, not after.
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output {output_dir} is a file; give a folder for the masks")
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names = [
+        n
+        for stem in stems
+        for n in output_names(stem, overlay=overlay, save_probs=save_probs, confidence=confidence)
+    ]
+    check_outputs(paths, output_dir, names, force)
     if strict:
         for p in paths:
             if not os.access(p, os.R_OK):

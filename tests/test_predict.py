@@ -130,6 +130,69 @@ def test_output_that_is_a_file_fails_before_the_model_is_restored(images, tmp_pa
         prediction.predict(str(tmp_path), str(images), str(target))
 
 
+@pytest.fixture
+def no_restore(monkeypatch):
+    """Every refusal must come before the checkpoint is restored."""
+    monkeypatch.setattr(
+        prediction, "load_predictor", lambda *a, **k: pytest.fail("restored the model first")
+    )
+
+
+def _user_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_blob_images(folder, {"a": (32, 32), "b": (40, 48)})
+    return folder, {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_in_the_input_folder_is_refused_and_no_input_changes(tmp_path, no_restore, where):
+    folder, before = _user_folder(tmp_path)
+    out = folder if where == "same" else folder / "masks"
+    with pytest.raises(ValueError, match="input folder"):
+        prediction.predict(str(tmp_path), str(folder), str(out))
+    # The same with a list of files (the folder of each input counts) and with a relative path.
+    with pytest.raises(ValueError, match="input folder"):
+        prediction.predict(str(tmp_path), f"{folder}/a.png,{folder}/b.png", str(out))
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_a_users_file_at_an_output_name_is_never_replaced(tmp_path, no_restore):
+    folder, _ = _user_folder(tmp_path)
+    out = tmp_path / "masks"
+    out.mkdir()
+    mine = out / "a.png"  # the user's own file that happens to have a mask's name
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(mine)
+    before = mine.read_bytes()
+    for force in (False, True):
+        with pytest.raises(ValueError, match="predict did not write"):
+            prediction.predict(str(tmp_path), str(folder), str(out), force=force)
+    assert mine.read_bytes() == before
+
+
+def test_earlier_masks_are_replaced_only_with_force(predictor, tmp_path, monkeypatch):
+    folder, before = _user_folder(tmp_path)
+    out = tmp_path / "masks"
+    monkeypatch.setattr(prediction, "load_predictor", lambda *a, **k: predictor)
+    first = prediction.predict(str(tmp_path), str(folder), str(out), overlay=True)
+    assert all(prediction.written_by_predict(p) for p in first)
+    assert prediction.written_by_predict(str(out / "a_overlay.png"))
+    with pytest.raises(ValueError, match="--force"):
+        prediction.predict(str(tmp_path), str(folder), str(out), overlay=True)
+    again = prediction.predict(str(tmp_path), str(folder), str(out), overlay=True, force=True)
+    assert again == first
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_probabilities_carry_the_mark(tmp_path):
+    probs = np.full((3, 4, 2), 0.5, np.float32)
+    (npz,) = prediction.save_probabilities(probs, str(tmp_path), "x", "npz", ("a", "b"))
+    pngs = prediction.save_probabilities(probs, str(tmp_path), "x", "png16", ("a", "b"))
+    assert all(prediction.written_by_predict(p) for p in [npz, *pngs])
+    np.savez(tmp_path / "mine.npz", probabilities=probs)
+    assert not prediction.written_by_predict(str(tmp_path / "mine.npz"))
+
+
 def test_missing_inputs_and_checkpoints_are_clear_errors(workdir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such.png"):
         prediction.list_inputs(f"{tmp_path}/no_such.png")
