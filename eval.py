@@ -16,7 +16,7 @@ import os  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxseg import evaluation  # noqa: E402
+from jaxseg import evaluation, logs  # noqa: E402
 from jaxseg import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,6 +33,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     backend.hide_accelerators_from_tensorflow()
     backend.configure_jax_for_backend()
+    logs.route_library_logs()  # orbax's INFO chatter off the console
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     config = FLAGS.config or workdir_lib.read_config(FLAGS.workdir)

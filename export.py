@@ -19,7 +19,7 @@ import os  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from jaxseg import export  # noqa: E402
+from jaxseg import export, logs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The trained run directory (config.json, checkpoints/).")
@@ -35,6 +35,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     backend.hide_accelerators_from_tensorflow()
     backend.configure_jax_for_backend()
+    logs.route_library_logs()  # orbax's INFO chatter off the console
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     size = None if FLAGS.size is None else tuple(int(v) for v in FLAGS.size)

@@ -14,7 +14,7 @@ from jaxseg import backend
 backend.configure_xla_flags()  # Before jax is imported.
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxseg import train_lib  # noqa: E402
@@ -47,7 +47,6 @@ def main(argv):
             process_id=FLAGS.process_id,
         )
     backend.configure_jax_for_backend()
-    logging.info("Config:\n%s", FLAGS.config)
     return train_lib.run(FLAGS.config, FLAGS.workdir)
 
 

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ import tqdm
 from jaxseg import (
     checkpointing,
     evaluation,
+    logs,
     losses,
     metric_writers,
     metrics,
@@ -180,6 +182,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     EXIT_STOPPED_EARLY (75) when it stopped before (SIGTERM / preemption, max_steps_per_run)
     with a checkpoint to resume from. Failures raise (Python's exit status 1).
     """
+    log_file = None
+    if not workdir_lib.is_remote(workdir):
+        log_file = os.path.join(workdir, workdir_lib.log_filename(jax.process_index()))
+    logs.route_library_logs(log_file)
+    logging.info(
+        "Config: %s on %s, %d steps of batch %d; in full in %s, library logs in %s",
+        config.model.name,
+        config.data.name,
+        config.total_steps,
+        config.batch_size,
+        os.path.join(workdir, workdir_lib.CONFIG_FILENAME),
+        log_file or "(none: remote workdir)",
+    )
     train_and_evaluate(config, workdir)
     with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
         latest = ckpt.latest_step()

@@ -4,6 +4,7 @@ Layout of a run:
   <workdir>/config.json             the resolved config (`write_config`; older differing ones
                                     are kept as config.<UTC timestamp>.json)
   <workdir>/train.lock              held by the one training process writing the run
+  <workdir>/train.log               library log lines kept off the console (jaxseg.logs)
   <workdir>/checkpoints/<step>/     orbax checkpoints (jaxseg.checkpointing)
   <workdir>/corrupt_checkpoints/    checkpoints that failed to restore, moved aside, never deleted
   <workdir>/metrics.jsonl           train/eval scalars (jaxseg.metric_writers), tensorboard/ too
@@ -31,8 +32,16 @@ import ml_collections
 from etils import epath
 
 CONFIG_FILENAME = "config.json"
+TRAIN_LOG_FILENAME = "train.log"
 CHECKPOINT_DIRNAME = "checkpoints"
 CORRUPT_DIRNAME = "corrupt_checkpoints"
+
+
+def log_filename(process_index: int) -> str:
+    """The library log of one training process (jaxseg.logs): train.log, train.process<i>.log."""
+    if process_index == 0:
+        return TRAIN_LOG_FILENAME
+    return TRAIN_LOG_FILENAME.replace(".log", f".process{process_index}.log")
 
 
 def is_remote(path: str | os.PathLike) -> bool:

@@ -137,6 +137,7 @@ def trained(root, env):
     return root / workdir, first, second
 
 
+@pytest.mark.slow
 def test_readme_train_command_runs_resumes_and_reports(trained):
     workdir, first, second = trained
     assert "Stopping early" in first
@@ -164,6 +165,29 @@ def test_readme_train_command_runs_resumes_and_reports(trained):
     assert printed and all(str(Path(*p.parts[-3:])) in printed[-1] for p in figures), printed
 
 
+def _absl_info_sources(output: str) -> set[str]:
+    """The files that logged the absl-formatted INFO lines ("I1203 13:47:24.1 123 file.py:45] ")."""
+    return set(re.findall(r"^I\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", output, flags=re.M))
+
+
+@pytest.mark.slow
+def test_console_keeps_jaxseg_lines_and_sends_library_chatter_to_train_log(trained):
+    workdir, first, second = trained
+    ours = {p.name for p in (REPO / "jaxseg").rglob("*.py")} | {"train.py"}
+    for output in (first, second):
+        sources = _absl_info_sources(output)
+        assert sources and sources <= ours, sources - ours
+        assert "Closing _NonBlockingMetadataStore" not in output
+        assert len(output.splitlines()) < 60, output  # was 126 library lines before the bar
+    config_line = [ln for ln in second.splitlines() if "] Config: " in ln]
+    assert config_line and str(Path(workdir.name, "config.json")) in config_line[0], config_line
+    # Nothing is lost: the libraries' lines (orbax's checkpoint manager) are in the log file.
+    log = (workdir / "train.log").read_text()
+    assert "orbax" in log.lower()
+    assert "Resumed from step" in log  # jaxseg's own lines are there too
+
+
+@pytest.mark.slow
 def test_tensorboard_gets_the_prediction_grid_at_every_evaluation(trained):
     import tensorflow as tf
 
@@ -181,6 +205,7 @@ def test_tensorboard_gets_the_prediction_grid_at_every_evaluation(trained):
     assert picture.shape == (int(height), int(width), 3) and picture.std() > 0
 
 
+@pytest.mark.slow
 def test_readme_eval_command_reproduces_the_training_evaluation(trained, env):
     workdir, _, _ = trained
     root = workdir.parents[1]
@@ -203,6 +228,7 @@ def test_readme_eval_command_reproduces_the_training_evaluation(trained, env):
     assert "eval: 100%" in log  # the evaluation progress bar ran to the end
 
 
+@pytest.mark.slow
 def test_readme_predict_command_writes_masks_for_a_users_folder(trained, env):
     workdir, _, _ = trained
     root = workdir.parents[1]

@@ -1,0 +1,58 @@
+"""What the console shows: jaxseg's own log lines; the libraries' INFO chatter goes to a file.
+
+orbax, tensorflow-datasets and jax log through absl at INFO (checkpoint-manager option dumps,
+"Closing _NonBlockingMetadataStore(...)" at every save, ~130 lines in a default run) between
+jaxseg's lines, burying the few a user needs (devices, resume, first step, where the report is).
+`route_library_logs` keeps on the console the INFO lines logged from jaxseg's package and the
+entry-point script, and every WARNING or worse from anyone; with a `log_file`, everything at INFO
+and above, the libraries' lines included, is also written there (train.py: <workdir>/train.log),
+so nothing is lost for debugging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import logging as absl_logging
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_ours(pathname: str) -> bool:
+    path = os.path.abspath(pathname)
+    main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return path.startswith(_PACKAGE_DIR + os.sep) or path == main
+
+
+class _OwnInfoOnly(logging.Filter):
+    """Passes WARNING+ from anyone, INFO and below only from jaxseg and the entry point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or _is_ours(record.pathname)
+
+
+def route_library_logs(log_file: str | os.PathLike | None = None) -> None:
+    """Filters the console (absl's handler) to jaxseg's own INFO lines; optionally tees all.
+
+    Idempotent. `log_file` must be a local path (its folder is created); None writes no file.
+    """
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+        handler.addFilter(_OwnInfoOnly())
+    root = logging.getLogger()
+    if log_file is None:
+        return
+    log_file = os.path.abspath(os.fspath(log_file))
+    if any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
+        return
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setLevel(logging.INFO)
+    file_handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"
+        )
+    )
+    root.addHandler(file_handler)
