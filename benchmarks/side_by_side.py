@@ -12,7 +12,9 @@ from its jaxpr, PyTorch with its FlopCounterMode: they must agree, or the networ
 GFLOP/s, the fraction of the machine's matmul peak (the highest peak the runs of that dtype
 measured; for bfloat16 that includes the f32 peak, see common.jax_peak_for), peak memory, and
 JAX's speed relative to each PyTorch run. --out appends every RESULT record to a JSON-lines
-file; --table prints the table of such a file. Needs the `[bench]` extra (torch).
+file; --table prints the table of such a file. Needs the `[bench]` extra (torch), or
+--torch-python naming another environment's interpreter that has torch and jaxseg (PyTorch has
+no wheel beside every jax: e.g. jax 0.12 on Python 3.13 here, torch on 3.11).
 """
 
 import argparse
@@ -58,16 +60,17 @@ def table(rows: list[dict]) -> str:
     for (model, size, batch, dtype), group in groups.items():
         peak = max(r.get("peak_gflops", float("nan")) for r in group)
         jax_rows = [r for r in group if r["framework"].startswith("jax")]
-        jax_ips = jax_rows[0]["images_per_s"] if jax_rows else None
         for r in group:
             name = r["framework"] + ("" if r["mode"] == "jit" else f" {r['mode']}")
             if r["framework"].startswith("torch") and r.get("channels_last"):
                 name += " channels_last"
             gflops = r["flops_per_image"] * r["images_per_s"] / 1e9
-            ratio = (
-                f"{jax_ips / r['images_per_s']:.2f}x"
-                if jax_ips and not r["framework"].startswith("jax")
-                else ""
+            # Each JAX run's speed over this row's (several JAX releases: one ratio each).
+            ratio = ", ".join(
+                (f"{j['framework'].split()[-1]}: " if len(jax_rows) > 1 else "")
+                + f"{j['images_per_s'] / r['images_per_s']:.2f}x"
+                for j in jax_rows
+                if not r["framework"].startswith("jax")
             )
             lines.append(
                 f"| {model} | {size} | {batch} | {dtype} | {name} | {r['first_step_s']:.1f} | "
@@ -88,6 +91,12 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["float32"])
     parser.add_argument("--torch-modes", nargs="+", default=["eager", "compile"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--torch-python", default=sys.executable, help="interpreter for the PyTorch runs"
+    )
+    parser.add_argument(
+        "--frameworks", nargs="+", default=["jax", "torch"], help="jax, torch or both"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out", default=None, help="append RESULT records to this JSONL file")
     parser.add_argument("--table", default=None, help="only print the table of a --out file")
@@ -103,9 +112,12 @@ def main():
             for dtype in args.dtypes:
                 common = ["--model", model, "--size", str(size), "--batch", str(args.batch)]
                 common += ["--dtype", dtype, "--repeats", str(args.repeats)]
-                cmds = [[sys.executable, "-m", "benchmarks.bench_train_step", *common]]
-                torch = [sys.executable, "-m", "benchmarks.peer_torch", *common, "--peak"]
-                cmds += [[*torch, "--mode", mode] for mode in args.torch_modes]
+                cmds = []
+                if "jax" in args.frameworks:
+                    cmds.append([sys.executable, "-m", "benchmarks.bench_train_step", *common])
+                if "torch" in args.frameworks:
+                    torch = [args.torch_python, "-m", "benchmarks.peer_torch", *common, "--peak"]
+                    cmds += [[*torch, "--mode", mode] for mode in args.torch_modes]
                 for cmd in cmds:
                     record = run(cmd, args.timeout)
                     if record is None:

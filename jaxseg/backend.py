@@ -1,12 +1,15 @@
 """Backend tuning users get by default (train.py, eval.py and the benchmarks call these).
 
-XLA:CPU's experimental YNNPACK fusion of individual convolutions made conv backward passes
-slower than XLA's own emitter on a 2-core AVX-512 CPU under jax 0.10.2 (measured: BENCHMARKS.md,
-section "Train step, first measurements (host A)"); excluding it (`-individual_convolution`) is
-the faster default there. The flag is experimental: it is only
-added for the jaxlib releases we measured (`_MEASURED_JAXLIB`, checked at run time), only on
-CPU runs, and never when the user already set it. Set JAXSEG_NO_XLA_TUNING=1 to leave
-XLA_FLAGS untouched.
+XLA:CPU's experimental YNNPACK fusion of individual convolutions makes convolution backward
+passes slower than XLA's own emitter: measured under jax 0.10.2 on an AVX-512 host and under
+jax 0.12.0.1 on an AVX2 host, where without `-individual_convolution` the paper U-Net's step is
+about 3x slower and the default U-Net's 1.2x (BENCHMARKS.md, section "XLA:CPU flags per jaxlib
+release"; `python -m benchmarks.xla_flag_study`). The flags are experimental, so they are kept
+per jaxlib release line in `MEASURED_FLAGS`: a measured line gets its own set; a line never
+measured gets the nearest measured line's set only if its XLA still knows every flag and value
+in it (read from jaxlib's library: XLA aborts the process at start-up on an unknown flag), else
+none. Flags are only added on CPU runs and never over a setting the user made in XLA_FLAGS. Set
+JAXSEG_NO_XLA_TUNING=1 to leave XLA_FLAGS untouched.
 
 On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
 compiles the partitionable threefry random-bit generator very slowly for small shapes, such as
@@ -26,10 +29,10 @@ Left at jax's defaults, deliberately (measured in BENCHMARKS.md):
   bf16 x bf16 -> f32 dot_generals (`jaxseg/models/layers.py:conv`), which use AVX512_BF16/AMX
   where the CPU has them; on CPUs without them (AVX2 only) bf16 saves memory but not time. GPUs
   and TPUs keep XLA's native convolutions, their fast path.
-- Other XLA:CPU options in jaxlib 0.10.2 (`xla_cpu_use_onednn`,
-  `xla_cpu_experimental_onednn_fusion_type`, `xla_cpu_experimental_xnn_fusion_type`, the
-  YNNPACK fusion types dot / eltwise / reduce / individual_dot) were not adopted: none is
-  measured here yet.
+- Other XLA:CPU options (`xla_cpu_use_onednn`, `xla_cpu_use_xnnpack`, the YNNPACK fusion types
+  dot / eltwise / reduce / individual_dot) were measured under 0.12.0.1 and not adopted: none
+  was faster than `-individual_convolution` alone beyond this VM's run-to-run spread, and
+  dropping individual_dot too made the default U-Net slower.
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ from __future__ import annotations
 import os
 import sys
 
-_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-# jaxlib releases the flags were measured on. XLA aborts at start-up on an unknown flag, and
-# experimental flags come and go between releases, so other versions get none of them.
-_MEASURED_JAXLIB = ("0.10.",)
+_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# XLA:CPU flags per jaxlib release line, each set measured on that line (BENCHMARKS.md, section
+# "XLA:CPU flags per jaxlib release"; `python -m benchmarks.xla_flag_study`). Experimental flags
+# come and go between releases and XLA aborts at start-up on one it does not know.
+MEASURED_FLAGS: dict[tuple[int, int], tuple[str, ...]] = {
+    (0, 10): (_YNN + "-individual_convolution",),
+    (0, 12): (_YNN + "-individual_convolution",),
+}
 
 
 def _jaxlib_version() -> str:
@@ -52,6 +59,57 @@ def _jaxlib_version() -> str:
         return ""
 
 
+def _release(version: str) -> tuple[int, int] | None:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _xla_knows(flags: tuple[str, ...]) -> bool:
+    """Whether the installed jaxlib's XLA has every flag name and every enum value named in `flags`.
+
+    Read from the strings of jaxlib's XLA library (flag names as they are; YNNPACK fusion types as
+    their `LIBRARY_FUSION_TYPE_*` enum names), since asking XLA itself would abort the process.
+    """
+    import importlib.util
+    import mmap
+
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    (folder,) = spec.submodule_search_locations
+    library = os.path.join(folder, "libjax_common.so")
+    if not os.path.isfile(library):
+        return False
+    needles = []
+    for flag in flags:
+        name, _, value = flag.lstrip("-").partition("=")
+        needles.append(name)
+        if name == _YNN.strip("-="):
+            needles += ["LIBRARY_FUSION_TYPE_" + v.lstrip("-").upper() for v in value.split(",")]
+    with open(library, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return all(data.find(needle.encode()) >= 0 for needle in needles)
+
+
+def measured_flags(version: str) -> tuple[str, ...]:
+    """The XLA:CPU flags for jaxlib `version`: its release line's measured set; for a line never
+    measured, the nearest measured line's set (the newer on a tie) if this XLA knows every flag in
+    it, else none."""
+    release = _release(version)
+    if release is None:
+        return ()
+    if release in MEASURED_FLAGS:
+        return MEASURED_FLAGS[release]
+    nearest = min(
+        MEASURED_FLAGS,
+        key=lambda r: (abs((r[0] - release[0]) * 1000 + r[1] - release[1]), -r[0], -r[1]),
+    )
+    flags = MEASURED_FLAGS[nearest]
+    return flags if _xla_knows(flags) else ()
+
+
 def configure_xla_flags() -> None:
     """Adds the measured XLA:CPU flags to XLA_FLAGS; must run before `import jax`."""
     if "jax" in sys.modules:
@@ -61,10 +119,11 @@ def configure_xla_flags() -> None:
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms and "cpu" not in platforms:
         return
-    if not _jaxlib_version().startswith(_MEASURED_JAXLIB):
+    wanted = measured_flags(_jaxlib_version())
+    if not wanted:
         return
     flags = os.environ.get("XLA_FLAGS", "")
-    for flag in _CPU_FLAGS:
+    for flag in wanted:
         if flag.split("=")[0] not in flags:
             flags = f"{flags} {flag}".strip()
     os.environ["XLA_FLAGS"] = flags

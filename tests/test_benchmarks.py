@@ -67,3 +67,8 @@ def test_side_by_side_table_ratios_and_shared_peak():
     # JAX: 4 img/s x 1 GFLOP = 4 GFLOP/s, 40% of the higher (10) peak; 2x PyTorch's speed.
     assert "| 4.0 | 40% of 10 |" in lines[2]
     assert "torch 2.13.0 eager channels_last" in lines[3] and lines[3].endswith("| 2.00x |")
+    # Two JAX releases in one sitting: each torch row gets one ratio per release.
+    newer = dict(jax_row, framework="jax 0.12.0.1", step_s_median=0.5, images_per_s=8.0)
+    lines = side_by_side.table([jax_row, newer, torch_row]).splitlines()
+    assert lines[-1].endswith("| 0.10.2: 2.00x, 0.12.0.1: 4.00x |")
+    assert lines[2].endswith("|  |") and lines[3].endswith("|  |")
