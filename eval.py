@@ -32,8 +32,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     backend.hide_accelerators_from_tensorflow()
+    logs.route_library_logs()  # library INFO chatter (jax's backend probing, orbax) off the console
     backend.configure_jax_for_backend()
-    logs.route_library_logs()  # orbax's INFO chatter off the console
     if not os.path.isdir(FLAGS.workdir):
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     config = FLAGS.config or workdir_lib.read_config(FLAGS.workdir)

@@ -17,7 +17,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxseg import train_lib  # noqa: E402
+from jaxseg import logs, train_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -39,6 +39,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Library INFO chatter (jax's backend probing, orbax) off the console; train_lib.run adds
+    # <workdir>/train.log, where it all goes.
+    logs.route_library_logs()
     backend.hide_accelerators_from_tensorflow()
     if FLAGS.distributed or FLAGS.coordinator_address:
         jax.distributed.initialize(

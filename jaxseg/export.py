@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -183,7 +184,36 @@ def export_savedmodel(predictor, rule: dict, output_dir: str) -> list[str]:
 
     module.serving_default = serving_default
     tf.saved_model.save(module, output_dir, signatures={"serving_default": serving_default})
+    _check_tensorflow_runs_it(output_dir, rule, predictor.channels)
     return ["saved_model.pb", "variables/"]
+
+
+def _check_tensorflow_runs_it(output_dir: str, rule: dict, channels: int) -> None:
+    """Runs the written SavedModel once in this TensorFlow; if it cannot, removes it and says why.
+
+    jax serializes the model as StableHLO four weeks newer than its own release
+    (`jax.export`'s WEEK_4 target); a TensorFlow whose XLA is older cannot deserialize it (jax
+    0.12.0.1 with tensorflow 2.21: "failed to deserialize portable artifact"), and such a
+    SavedModel would only fail later, in serving.
+    """
+    import tensorflow as tf
+
+    hw = (rule["multiple"],) * 2 if rule["kind"] == "multiple" else (rule["height"], rule["width"])
+    serve = tf.saved_model.load(output_dir).signatures["serving_default"]
+    try:
+        serve(images=tf.zeros((1, *hw, channels), tf.uint8))
+    except (tf.errors.OpError, ValueError) as e:
+        if "deserialize portable artifact" not in str(e):
+            raise
+        for name in os.listdir(output_dir):  # export_run made sure it was empty before
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        raise RuntimeError(
+            f"tensorflow {tf.__version__} cannot run the StableHLO that jax {jax.__version__} "
+            "serializes (its XLA is older than the StableHLO version jax targets); nothing was "
+            "written. Export with a jax release at most as new as your TensorFlow (e.g. jax "
+            "0.10.2 on Python 3.11 with tensorflow 2.19-2.21), or use --format stablehlo"
+        ) from None
 
 
 def export_run(

@@ -6,6 +6,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# The XLA:CPU flags train.py runs with (measured per jaxlib release; jaxseg/backend.py): under
+# jax 0.12 XLA's default YNNPACK convolution fusion makes conv backward passes ~3x slower.
+from jaxseg import backend  # noqa: E402  (imports nothing of jax)
+
+backend.configure_xla_flags()
 # What train.py does on CPU (jaxseg/backend.py): the partitionable threefry compiles ~7x slower
 # on XLA:CPU for the small kernels of test-size models.
 os.environ["JAX_THREEFRY_PARTITIONABLE"] = "0"
