@@ -37,6 +37,7 @@ Left at jax's defaults, deliberately (measured in BENCHMARKS.md):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -126,7 +127,30 @@ def configure_xla_flags() -> None:
     for flag in wanted:
         if flag.split("=")[0] not in flags:
             flags = f"{flags} {flag}".strip()
+            _ADDED.append(flag)
     os.environ["XLA_FLAGS"] = flags
+
+
+_ADDED: list[str] = []  # what configure_xla_flags added to XLA_FLAGS in this process
+
+
+@contextlib.contextmanager
+def xla_flags_hidden_from_tensorflow():
+    """Runs its body with XLA_FLAGS as the user set it, without the flags added here.
+
+    TensorFlow links its own, older XLA, which parses XLA_FLAGS at its first use (running a
+    SavedModel's XlaCallModule) and aborts the process on a flag it does not know (tensorflow
+    2.20 on --xla_cpu_experimental_ynn_fusion_type). jax parsed the flags at its start-up.
+    Flags the user set in XLA_FLAGS themselves stay.
+    """
+    before = os.environ.get("XLA_FLAGS")
+    if before is not None and _ADDED:
+        os.environ["XLA_FLAGS"] = " ".join(f for f in before.split() if f not in _ADDED)
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.environ["XLA_FLAGS"] = before
 
 
 def configure_jax_for_backend() -> None:

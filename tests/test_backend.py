@@ -89,3 +89,13 @@ def test_user_setting_wins(env):
 )
 def test_no_flags_outside_what_was_measured(env, jaxlib, environ):
     assert _flags(env, jaxlib, **environ) == ""
+
+
+def test_flags_we_added_are_hidden_from_tensorflow_and_restored(env):
+    env.setattr(backend, "_ADDED", [])
+    _flags(env, "0.12.0.1", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    full = os.environ["XLA_FLAGS"]
+    assert NO_YNN_CONV in full
+    with backend.xla_flags_hidden_from_tensorflow():
+        assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
+    assert os.environ["XLA_FLAGS"] == full
