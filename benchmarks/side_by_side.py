@@ -26,10 +26,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(cmd: list[str], timeout: float) -> dict | None:
+def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> dict | None:
+    """The last RESULT record `cmd` printed (run from the repo root), or None if it failed."""
     print("$", " ".join(cmd), flush=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+        )
     except subprocess.TimeoutExpired:
         print(f"  timed out after {timeout:.0f} s", flush=True)
         return None

@@ -18,10 +18,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import side_by_side
+
 _YNN = "--xla_cpu_experimental_ynn_fusion_type="
 
 # The XLA:CPU options of jaxlib 0.10-0.12 that change which kernels run convolutions and dots.
@@ -41,21 +41,7 @@ VARIANTS = {
 def run_variant(flags: str, bench_args: list[str], python: str, timeout: float) -> dict | None:
     env = dict(os.environ, JAXSEG_NO_XLA_TUNING="1", XLA_FLAGS=flags)
     cmd = [python, "-m", "benchmarks.bench_train_step", *bench_args, "--no-peak"]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    records = [
-        json.loads(line[len("RESULT ") :])
-        for line in proc.stdout.splitlines()
-        if line.startswith("RESULT ")
-    ]
-    if proc.returncode or not records:
-        print(f"  [{flags or 'defaults'}] failed: {proc.stderr.strip()[-300:]}", flush=True)
-        return None
-    return records[-1]
+    return side_by_side.run(cmd, timeout, env=env)
 
 
 def main():
