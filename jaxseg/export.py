@@ -213,7 +213,7 @@ def _check_tensorflow_runs_it(output_dir: str, rule: dict, channels: int) -> Non
             f"tensorflow {tf.__version__} cannot run the StableHLO that jax {jax.__version__} "
             "serializes (its XLA is older than the StableHLO version jax targets); nothing was "
             "written. Export with a jax release at most as new as your TensorFlow (e.g. jax "
-            "0.10.2 on Python 3.11 with tensorflow 2.19-2.21), or use --format stablehlo"
+            "0.10.2 on Python 3.11 with tensorflow 2.20-2.21), or use --format stablehlo"
         ) from None
 
 

@@ -352,6 +352,11 @@ def list_inputs(inputs: str) -> list[str]:
     return paths
 
 
+def _stem(path: str) -> str:
+    """The name predict's outputs for `path` start with: its file name without extension."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def output_names(stem: str, *, overlay: bool, save_probs: str, confidence: bool) -> list[str]:
     """Glob patterns (in the output folder) of what predict may write for one input stem."""
     names = [f"{stem}.png"]
@@ -436,7 +441,7 @@ def predict_files(
     settings = settings or predictor.settings
     if save_probs not in PROBABILITY_FORMATS:
         raise ValueError(f"save_probs must be one of {PROBABILITY_FORMATS}, got {save_probs!r}")
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    stems = [_stem(p) for p in paths]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
         raise ValueError(f"inputs share file stems {clashes}: their masks would overwrite")
@@ -530,7 +535,7 @@ def predict(
     # Errors that need no model should surface before a restore and compile, not after.
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output {output_dir} is a file; give a folder for the masks")
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    stems = [_stem(p) for p in paths]
     names = [
         n
         for stem in stems

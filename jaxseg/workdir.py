@@ -4,7 +4,7 @@ Layout of a run:
   <workdir>/config.json             the resolved config (`write_config`; older differing ones
                                     are kept as config.<UTC timestamp>.json)
   <workdir>/train.lock              held by the one training process writing the run
-  <workdir>/train.log               library log lines kept off the console (jaxseg.logs)
+  <workdir>/train.log               every log line, the libraries' too (jaxseg.logs)
   <workdir>/checkpoints/<step>/     orbax checkpoints (jaxseg.checkpointing)
   <workdir>/corrupt_checkpoints/    checkpoints that failed to restore, moved aside, never deleted
   <workdir>/metrics.jsonl           train/eval scalars (jaxseg.metric_writers), tensorboard/ too
