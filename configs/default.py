@@ -32,6 +32,10 @@ def data_config() -> ml_collections.ConfigDict:
     # Split to evaluate on.
     data.eval_split = "validation"
     # Training crop (height, width) in px, taken after random scaling; padded with label 255.
+    # Augmentation runs on the device (jaxseg/data/augment.py): scale, crop, flip, rotation,
+    # shift and elastic deformation as one sampling grid per example (bicubic image when the
+    # recipe rotates, shifts or deforms, bilinear otherwise; nearest-neighbour label), then the
+    # photometric jitter.
     data.crop_size = (96, 96)
     # Random rescale factor range, drawn uniformly; (1.0, 1.0) turns scaling off.
     data.min_scale = 0.75
@@ -51,19 +55,27 @@ def data_config() -> ml_collections.ConfigDict:
     # (the U-Net paper's shift/rotation augmentation; mirrored at the borders); 0 = off.
     data.rotation_degrees = 0.0
     data.shift_px = 0.0
-    # The U-Net paper's border weight map (eq. 2) as the batch's "weight" key, computed per
-    # example after the geometric augmentation: w_c (class balance) + w0 * exp(-(d1 + d2)^2 /
-    # (2 sigma^2)) on background pixels between cells. Binary data only: class 1 = cell.
+    # The U-Net paper's border weight map (eq. 2) as the batch's "weight" key: w_c (class
+    # balance) + w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on background pixels between cells,
+    # precomputed once per ground-truth example as in the paper (stored beside the data set,
+    # jaxseg/data/weight_maps.py) and warped with the example's sampling grid (nearest
+    # neighbour, like the label). Binary data only: class 1 = cell.
     data.weight_map = False
     data.weight_map_w0 = 10.0  # w0, the border weight (paper: 10).
     data.weight_map_sigma = 5.0  # sigma, the border width in px (paper: about 5).
     # Per-channel normalisation, [0, 1] units (ImageNet statistics; match pretrained weights).
     data.mean = (0.485, 0.456, 0.406)
     data.std = (0.229, 0.224, 0.225)
-    # Eval images keep native resolution, padded (image 0, label 255) to this (height, width).
+    # The fixed (height, width) every example is padded to on the host (label 255), for
+    # evaluation (native resolution, image 0 after normalisation) and as the source array of the
+    # training augmentation; a larger example is an error naming it.
     data.eval_pad_size = (128, 128)
-    # Batches prepared ahead of the training step.
+    # Batches loaded, transferred and augmented ahead of the training step.
     data.prefetch_batches = 2
+    # Loader worker processes (Grain) that read and decode examples; 0 = two threads of the
+    # training process (enough for the small default images on a 2-core CPU). Batches are the
+    # same for any value.
+    data.loader_workers = 0
 
     # synthetic_scenes generation (a new combination builds a new copy in seconds).
     data.synthetic = ml_collections.ConfigDict()

@@ -22,9 +22,13 @@ Differences from the paper, stated plainly:
   slices have no preferred orientation), the shift range (+-16 px, sub-pixel, on top of the
   random tile position) and the grey-value jitter (brightness and contrast +-0.1) are not given
   in the paper and are our choices; left-right flips are an addition.
-- w_c balances the two classes' frequencies within each augmented example, computed with the
-  border term after the geometric augmentation; the paper precomputes the map per ground-truth
-  segmentation and does not say how it follows the deformation.
+- The weight map is precomputed per ground-truth slice, as in the paper (w_c balances the two
+  classes' frequencies within the slice), and warped by the example's sampling grid with
+  nearest neighbour like the label; the paper does not say how the map follows the
+  deformation.
+- The augmentation runs on the device as one sampling grid per example (mirror padding by the
+  context, rotation and shift, elastic deformation, tile position, flip), so the image is
+  resampled once, bicubically, instead of once per geometric transform.
 - The warping error is not computed. The Rand and pixel errors score the argmax prediction (one
   threshold, 0.5) on 2-D slices; the challenge took the best over thresholds of a probability
   map, on its withheld test labels.
@@ -89,7 +93,7 @@ def get_config():
     d.elastic_sigma = 10.0
     d.rotation_degrees = 180.0
     d.shift_px = 16.0
-    # Eq. 2: w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), after the geometric augmentation.
+    # Eq. 2: w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), precomputed per slice, then warped.
     d.weight_map = True
     d.weight_map_w0 = 10.0
     d.weight_map_sigma = 5.0

@@ -25,7 +25,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from jaxseg import inference, metrics, sharding, train_state
-from jaxseg.data import datasets, pipeline
+from jaxseg.data import datasets, loading
 from jaxseg.train_state import variables_of
 
 
@@ -104,7 +104,7 @@ class Evaluator:
         )
         self._predict = jax.jit(lambda v, x: jnp.argmax(predict(v, x), axis=-1))
         # Re-iterable: the split is opened once, then read again at every evaluation.
-        self._batches = pipeline.make_eval_iterator(
+        self._batches = loading.make_eval_iterator(
             config.data, global_batch_size=config.eval_batch_size, spec=spec
         )
 
@@ -141,7 +141,7 @@ class Evaluator:
 
         with bar:
             for local in self._batches:
-                out = self._step(variables, pipeline.to_global(local, self._batch_sharding))
+                out = self._step(variables, loading.to_global(local, self._batch_sharding))
                 # Fetch the previous batch's results while this one computes.
                 if pending is not None:
                     consume(*pending)

@@ -14,7 +14,7 @@ device stays bounded for any image.
 whole_image mode: each image is padded up to a multiple of `BUCKET` px per side, so a folder of
 photos of many sizes compiles once per bucket shape rather than once per image, and files of one
 bucket shape are batched together and sharded over all devices; the labels are cropped back. The
-padding is the pipeline's own (`transforms.pad_image`: 0 after normalisation, bottom/right), so
+padding is the pipeline's own (`loading.pad_image`: 0 after normalisation, bottom/right), so
 predict.py sees exactly the borders that training and evaluation saw. An image with a side above
 `max_tile` px is segmented by a sliding window of max_tile crops instead (logged).
 """
@@ -37,7 +37,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from jaxseg import sharding, tiled_inference, train_state, visualize
 from jaxseg import workdir as workdir_lib
-from jaxseg.data import datasets, transforms
+from jaxseg.data import datasets, loading
 from jaxseg.data import images as image_decoding
 
 BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets up to depth 5.
@@ -183,9 +183,9 @@ def bucket_shape(height: int, width: int, multiple: int = BUCKET) -> tuple[int, 
 
 def pad_to_bucket(x: np.ndarray, multiple: int) -> np.ndarray:
     """[H, W, C] normalised image padded at the bottom/right to multiples of `multiple`, with the
-    pipeline's border (`transforms.pad_image`: 0 after normalisation)."""
+    pipeline's border (`loading.pad_image`: 0 after normalisation)."""
     h, w, _ = x.shape
-    return transforms.pad_image(x, *bucket_shape(h, w, multiple))
+    return loading.pad_image(x, *bucket_shape(h, w, multiple))
 
 
 def segment_batch(

@@ -37,7 +37,7 @@ from jaxseg import (
     train_state,
 )
 from jaxseg import workdir as workdir_lib
-from jaxseg.data import datasets, pipeline
+from jaxseg.data import datasets, loading
 from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
 from jaxseg.train_state import TrainState
@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
         batch_sharding = sharding.batch_sharding(mesh)
-        train_iter = pipeline.make_train_iterator(
+        train_iter = loading.make_train_iterator(
             config.data,
             spec=spec,
             global_batch_size=config.batch_size,
@@ -285,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             start_step=start_step,
             # A valid U-Net scores only its tile's centre: mirror-pad images by its context.
             context=input_context(model, tuple(config.data.crop_size)),
+            sharding=batch_sharding,
         )
         config = _recorded_data_config(config)
         workdir_lib.write_config(workdir, config)
@@ -336,7 +337,7 @@ def _train_loop(
     clip = config.optim.grad_clip_norm
     with preemption.PreemptionWatcher() as watcher:
         for step in range(start_step, total_steps):
-            batch = pipeline.to_global(next(train_iter), batch_sharding)
+            batch = next(train_iter)
             if not compile_logged:
                 t0 = time.time()
             state, train_metrics = p_train_step(state, batch)

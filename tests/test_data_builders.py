@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs.default import data_config
-from jaxseg.data import datasets, pipeline
+from jaxseg.data import datasets, loading
 from jaxseg.data.builders import image_folder, voc_sbd
 from jaxseg.labels import voc_palette
 
@@ -105,7 +105,7 @@ def test_voc_sbd_builds_the_fcn_splits_from_the_archives(tmp_path):
     cfg.eval_split = "val"
     cfg.eval_pad_size = (16, 20)
     cfg.crop_size = (8, 8)
-    batches = list(pipeline.make_eval_iterator(cfg, global_batch_size=2))
+    batches = list(loading.make_eval_iterator(cfg, global_batch_size=2))
     builder = datasets.dataset_spec(cfg).make_builder(cfg)
     val = _labels(builder, "val")
     assert sorted(val) == sorted(VOC_LABELS)
@@ -119,8 +119,8 @@ def test_voc_sbd_builds_the_fcn_splits_from_the_archives(tmp_path):
     (batch,) = batches
     assert batch["image"].shape == (2, 16, 20, 3) and batch["label"].dtype == np.int32
     assert set(np.unique(batch["label"])) == {0, 7, 15, 255}
-    train_batch = next(pipeline.make_train_iterator(cfg, global_batch_size=2, seed=0))
-    assert train_batch["image"].shape == (2, 8, 8, 3)
+    train_batch = next(loading.make_train_iterator(cfg, global_batch_size=8, seed=0))
+    assert train_batch["image"].shape == (8, 8, 8, 3)
     assert set(np.unique(train_batch["label"])) <= set(range(21)) | {255}
 
 
@@ -200,9 +200,9 @@ def test_folder_of_three_greyscale_images_flows_through(tmp_path):
     _write_folder(tmp_path, masks)
     (tmp_path / "data" / "val.txt").write_text("b\n")
     cfg = _folder_cfg(tmp_path, val_list="val.txt")
-    train = next(pipeline.make_train_iterator(cfg, global_batch_size=2, seed=0))
-    assert train["image"].shape == (2, 8, 8, 1) and train["label"].shape == (2, 8, 8)
-    (batch,) = list(pipeline.make_eval_iterator(cfg, global_batch_size=2))
+    train = next(loading.make_train_iterator(cfg, global_batch_size=8, seed=0))
+    assert train["image"].shape == (8, 8, 8, 1) and train["label"].shape == (8, 8, 8)
+    (batch,) = list(loading.make_eval_iterator(cfg, global_batch_size=2))
     assert batch["valid"].tolist() == [True, False]
     np.testing.assert_array_equal(batch["label"][0, :10, :12], masks["b"])
     builder = datasets.dataset_spec(cfg).make_builder(cfg)

@@ -9,7 +9,7 @@ import pytest
 
 from jaxseg import evaluation, inference, metrics, optim, sharding, train_state
 from jaxseg import workdir as workdir_lib
-from jaxseg.data import datasets, pipeline
+from jaxseg.data import datasets, loading
 from jaxseg.models import build_model
 
 
@@ -75,7 +75,7 @@ def test_evaluator_follows_config_eval_mode(smoke_config, random_run):
 def _oracle_confusion(config, predict_fn, num_classes, **host):
     """Numpy confusion matrix over one host's eval batches, and how many real examples."""
     cm, seen = np.zeros((num_classes, num_classes), np.int64), 0
-    for batch in pipeline.make_eval_iterator(
+    for batch in loading.make_eval_iterator(
         config.data, global_batch_size=config.eval_batch_size, **host
     ):
         pred = np.asarray(predict_fn(batch["image"])).argmax(-1)

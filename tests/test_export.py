@@ -18,7 +18,7 @@ import pytest
 
 from jaxseg import backend, export, inference, prediction, tiled_inference
 from jaxseg import workdir as workdir_lib
-from jaxseg.data import pipeline
+from jaxseg.data import loading
 from jaxseg.models import MODELS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def predictor(smoke_run):
 def validation_images(smoke_run):
     """The validation split's images as the uint8 pixels a user would feed: [N, 32, 32, 3]."""
     config = workdir_lib.read_config(str(smoke_run))
-    batch = next(iter(pipeline.make_eval_iterator(config.data, global_batch_size=8)))
+    batch = next(iter(loading.make_eval_iterator(config.data, global_batch_size=8)))
     keep = np.flatnonzero(batch["valid"])
     mean, std = np.asarray(config.data.mean), np.asarray(config.data.std)
     pixels = (batch["image"][keep] * std + mean) * 255

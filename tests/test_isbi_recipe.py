@@ -1,6 +1,9 @@
 """The U-Net ISBI recipe on an ISBI-like folder (0/255 greyscale masks): its training batches
-carry the eq. 2 weight map on mirror-padded slices, and evaluation reports the challenge's
-pixel and Rand errors from the same pass, on 8 devices, equal to a numpy recomputation."""
+carry the precomputed eq. 2 weight map, warped with the mirror-padded slices, and evaluation
+reports the challenge's pixel and Rand errors from the same pass, on 8 devices, equal to a
+numpy recomputation."""
+
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -9,7 +12,7 @@ from PIL import Image
 
 from configs import unet_isbi
 from jaxseg import evaluation, losses, metrics, optim, sharding, train_lib, train_state
-from jaxseg.data import datasets, pipeline
+from jaxseg.data import datasets, loading, weight_maps
 from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
 
@@ -50,7 +53,9 @@ def config(tmp_path_factory):
     return config
 
 
-def test_training_batches_carry_the_weight_map_of_mirror_padded_slices(config):
+def test_training_batches_carry_the_precomputed_weight_map_warped_with_the_slice(config):
+    """The eq. 2 map is computed once per stored slice (as in the paper), stored beside the
+    data set, and moves with the label: mirror-padded by the context like the slice."""
     model = build_model(config.model)
     context = input_context(model, tuple(config.data.crop_size))
     assert context == (20, 20)
@@ -59,8 +64,9 @@ def test_training_batches_carry_the_weight_map_of_mirror_padded_slices(config):
     plain.elastic = plain.hflip = False
     plain.brightness = plain.contrast = 0.0
     plain.crop_size = (SIZE[0] + 40, SIZE[1] + 40)  # the whole padded slice
-    batch = next(pipeline.make_train_iterator(plain, global_batch_size=2, seed=0, context=context))
-    _, source = pipeline.open_split(plain, "train", key="test")
+    batch = next(loading.make_train_iterator(plain, global_batch_size=8, seed=0, context=context))
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    _, source = loading.open_split(plain, "train", key="test")
     builder = datasets.dataset_spec(plain).make_builder(plain)
     stored = [
         (builder.as_data_source("train")[i]["label"][..., 0] > 0).astype(np.int32)
@@ -70,13 +76,20 @@ def test_training_batches_carry_the_weight_map_of_mirror_padded_slices(config):
         centre = label[20:-20, 20:-20]
         assert any(np.array_equal(centre, s) for s in stored)
         np.testing.assert_array_equal(label, np.pad(centre, 20, mode="reflect"))
-        np.testing.assert_allclose(weight, losses.binary_weight_map(label), rtol=1e-6)
+        want = np.pad(losses.binary_weight_map(centre), 20, mode="reflect")
+        np.testing.assert_array_equal(weight, want)
+    spec = datasets.dataset_spec(plain)
+    stored_maps = list((Path(builder.data_dir) / "weight_maps").glob("train-*.array_record"))
+    assert [p.name for p in stored_maps] == ["train-w0_10-sigma_5.array_record"]
+    maps = weight_maps.open_weight_maps(plain, spec, source, "train", w0=10.0, sigma=5.0)
+    assert len(maps) == len(source)
 
     # The recipe as configured: augmented 56 px tiles with their weights.
     batch = next(
-        pipeline.make_train_iterator(config.data, global_batch_size=2, seed=0, context=context)
+        loading.make_train_iterator(config.data, global_batch_size=8, seed=0, context=context)
     )
-    assert batch["weight"].shape == batch["label"].shape == (2, 56, 56)
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    assert batch["weight"].shape == batch["label"].shape == (8, 56, 56)
     scored = batch["label"] != 255
     assert (batch["weight"][scored] > 0).all() and (batch["weight"][~scored] == 0).all()
     assert batch["weight"].max() > 3  # the border term between cells
@@ -95,7 +108,7 @@ def test_evaluation_reports_isbi_pixel_and_rand_errors_equal_to_numpy(config):
     predict = jax.jit(evaluation.inference_fn(model, config.eval))
     variables = train_state.variables_of(state)
     labels, preds = [], []
-    for batch in pipeline.make_eval_iterator(config.data, global_batch_size=8):
+    for batch in loading.make_eval_iterator(config.data, global_batch_size=8):
         keep = batch["valid"]
         labels.append(batch["label"][keep])
         preds.append(np.asarray(predict(variables, batch["image"])).argmax(-1)[keep])
@@ -120,7 +133,7 @@ def test_isbi_metrics_need_binary_data():
 
 
 def test_train_step_weights_its_loss_by_the_batch_weight_map(config):
-    """The jitted 8-device train step's loss is eq. 1 with the pipeline's eq. 2 weights: the
+    """The jitted 8-device train step's loss is eq. 1 with the batch's eq. 2 weights: the
     weighted mean of the per-pixel cross-entropy over the tile's scored centre."""
     config = config.copy_and_resolve_references()
     config.model.dropout_rate = 0.0  # so the train-mode forward equals an eval-mode one
@@ -133,7 +146,7 @@ def test_train_step_weights_its_loss_by_the_batch_weight_map(config):
     state = init(jax.random.key(0))
     variables = train_state.variables_of(state)
     local = next(
-        pipeline.make_train_iterator(
+        loading.make_train_iterator(
             config.data, global_batch_size=8, seed=0, context=input_context(model, (56, 56))
         )
     )
@@ -144,6 +157,6 @@ def test_train_step_weights_its_loss_by_the_batch_weight_map(config):
     )
     unweighted, _ = losses.cross_entropy(logits, centre(local["label"]))
     step = train_lib.make_train_step(config, model, tx, mesh, state_sharding)
-    _, out = step(state, pipeline.to_global(local, sharding.batch_sharding(mesh)))
+    _, out = step(state, local)
     assert float(out["loss"]) == pytest.approx(float(want), rel=1e-4)
     assert abs(float(want) - float(unweighted)) > 1e-3  # the weights change the loss

@@ -36,7 +36,7 @@ from test_train_e2e import (  # The e2e module's subprocess helpers and shared c
     train,
 )
 
-from jaxseg.data import pipeline
+from jaxseg.data import loading
 
 NUM_PROCESSES = 2
 LOCAL_DEVICES = 4
@@ -77,8 +77,8 @@ def runs(tmp_path_factory):
     # Three children starting together would race to build the data set: build it here first.
     data_cfg = expected_config().data
     data_cfg.data_dir = str(shared / "tfds")  # Where the children's TFDS_DATA_DIR points.
-    pipeline.open_split(data_cfg, data_cfg.train_split, key="config.data.train_split")
-    pipeline.open_split(data_cfg, data_cfg.eval_split, key="config.data.eval_split")
+    loading.open_split(data_cfg, data_cfg.train_split, key="config.data.train_split")
+    loading.open_split(data_cfg, data_cfg.eval_split, key="config.data.eval_split")
 
     args = config_flags(checkpoint_every_steps=HALF)
     address = f"127.0.0.1:{_free_port()}"

@@ -73,6 +73,10 @@ def _hosted(tfds_name: str) -> Callable[[ml_collections.ConfigDict], tfds.core.D
 def _synthetic_builder(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     s = data_cfg.synthetic
     config = synthetic_scenes.make_config(s.image_size, s.num_train, s.num_validation, s.seed)
+    if config in synthetic_scenes.SyntheticScenes.BUILDER_CONFIGS:
+        # By name: a builder is pickled into loader workers, and an unpickled copy of a
+        # registered config would count as a custom config with a registered name.
+        config = config.name
     return synthetic_scenes.SyntheticScenes(
         config=config, data_dir=data_cfg.data_dir, file_format="array_record"
     )

@@ -30,7 +30,6 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    backend.hide_accelerators_from_tensorflow()
     inspection.inspect_data(
         FLAGS.config, FLAGS.output, max_examples=FLAGS.max_examples, num_shown=FLAGS.num_shown
     )

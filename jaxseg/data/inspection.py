@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
-from jaxseg.data import pipeline
+from jaxseg.data import loading
 from jaxseg.labels import IGNORE_ID
 
 _RAW_BINS = 257  # label values 0..255, and one bin for anything larger (16-bit masks)
@@ -32,7 +31,7 @@ def inspect_split(
     max_examples: int = 0,
     num_shown: int = 4,
 ) -> dict:
-    """Statistics of one split as the pipeline decodes it.
+    """Statistics of one split as the loader decodes it.
 
     Args:
       data_cfg: `config.data`.
@@ -48,26 +47,19 @@ def inspect_split(
       "invalid_ids": {id: pixels} (neither a class id nor 255; 256 means "> 255"),
       "examples": [(image uint8 [H, W, C], label int32 [H, W]), ...] (not JSON)}.
     """
-    spec, count, dataset = pipeline.decoded_examples(
+    spec, count, examples = loading.decoded_examples(
         data_cfg, split, key=key, max_examples=max_examples
     )
-
-    def summarise(example):
-        label = tf.reshape(example["label"], [-1])
-        clipped = tf.minimum(tf.maximum(label, 0), _RAW_BINS - 1)
-        hist = tf.math.bincount(clipped, minlength=_RAW_BINS, maxlength=_RAW_BINS, dtype=tf.int64)
-        return tf.shape(example["label"]), hist
-
     counts = np.zeros(_RAW_BINS, np.int64)
-    heights, widths = [], []
-    for shape, hist in dataset.map(summarise, tf.data.AUTOTUNE).as_numpy_iterator():
-        heights.append(int(shape[0]))
-        widths.append(int(shape[1]))
-        counts += hist
-    shown = [
-        (np.clip(np.rint(ex["image"] * 255), 0, 255).astype(np.uint8), ex["label"])
-        for ex in dataset.take(num_shown).as_numpy_iterator()
-    ]
+    heights, widths, shown = [], [], []
+    for example in examples:
+        label = example["label"]
+        heights.append(int(label.shape[0]))
+        widths.append(int(label.shape[1]))
+        clipped = np.clip(label.reshape(-1), 0, _RAW_BINS - 1)
+        counts += np.bincount(clipped, minlength=_RAW_BINS)
+        if len(shown) < num_shown:
+            shown.append((example["image"], label.astype(np.int32)))
     c = spec.num_classes
     total = int(counts.sum())
     class_pixels = counts[:c]

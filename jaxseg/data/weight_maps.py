@@ -1,0 +1,90 @@
+"""The U-Net paper's eq. 2 weight maps, precomputed once per ground-truth example.
+
+"We pre-compute the weight map for each ground truth segmentation" (Ronneberger et al. 2015,
+sec. 3): the map of every example of a split is computed once, with
+`jaxseg.losses.binary_weight_map`, when the split is first trained on, and stored beside the data
+set's own files (one ArrayRecord file per split, w0 and sigma, index-aligned with the split's
+examples). Training then reads it like the example itself, and the device augmentation warps it
+with the example's sampling grid (`jaxseg.data.augment.warp`), nearest neighbour like the label.
+"""
+
+import os
+import re
+
+import jax
+import ml_collections
+import numpy as np
+from array_record.python import array_record_data_source, array_record_module
+from jax.experimental import multihost_utils
+
+from jaxseg import losses
+from jaxseg.data import datasets
+
+
+class WeightMaps:
+    """Sequence of float32 [H, W] maps, index-aligned with the split's examples. A record is
+    int32 (H, W) followed by the H * W float32 weights. Picklable (loader workers)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._source = array_record_data_source.ArrayRecordDataSource(path)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        record = self._source[int(index)]
+        height, width = np.frombuffer(record[:8], np.int32)
+        return np.frombuffer(record[8:], np.float32).reshape(height, width)
+
+
+def _path(data_cfg, spec, split: str, w0: float, sigma: float) -> str:
+    builder = spec.make_builder(data_cfg)
+    slug = re.sub(r"[^A-Za-z0-9_.%-]+", "_", split)
+    return os.path.join(
+        os.fspath(builder.data_dir), "weight_maps", f"{slug}-w0_{w0:g}-sigma_{sigma:g}.array_record"
+    )
+
+
+def open_weight_maps(
+    data_cfg: ml_collections.ConfigDict,
+    spec: datasets.DatasetSpec,
+    source,
+    split: str,
+    *,
+    w0: float,
+    sigma: float,
+) -> WeightMaps:
+    """The maps of every example of `source` (the opened `split`), computing them first if
+    this data set, split, w0 and sigma have none yet (process 0 of a job writes; the file is
+    written under a temporary name and renamed, so a killed build leaves nothing half-done)."""
+    from jaxseg.data.loading import Decoder  # loading imports this module
+
+    decoder = Decoder(spec, source, split)
+    path = _path(data_cfg, spec, split, w0, sigma)
+    if jax.process_index() == 0 and not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        for index in range(len(source)):
+            label = decoder(index)["label"]
+            weight = losses.binary_weight_map(label, w0=w0, sigma=sigma)
+            header = np.asarray(weight.shape, np.int32).tobytes()
+            writer.write(header + np.ascontiguousarray(weight, np.float32).tobytes())
+        writer.close()
+        os.replace(tmp, path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"jaxseg: weight maps of {split} written")
+    maps = WeightMaps(path)
+    if len(maps) != len(source):
+        raise ValueError(
+            f"{path} holds {len(maps)} weight maps but split {split!r} has {len(source)} "
+            "examples; delete it to have it recomputed"
+        )
+    return maps
