@@ -7,7 +7,8 @@ r"""Exports a trained run for serving: flags only, then one call into jaxseg.
 The export takes uint8 images [N, H, W, C] and returns labels, probabilities and logits, with the
 run's normalisation inside; <output>/card.json gives classes, palette, mean/std, the input size
 rule (symbolic sides where the model allows it, else --size, default config.data.eval_pad_size)
-and the source run. See jaxseg/export.py.
+and the source run. See jaxseg/export.py. The savedmodel format needs TensorFlow:
+pip install -e ".[savedmodel]".
 """
 
 from jaxseg import backend
@@ -33,7 +34,6 @@ flags.mark_flags_as_required(["workdir", "format", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    backend.hide_accelerators_from_tensorflow()
     logs.route_library_logs()  # library INFO chatter (jax's backend probing, orbax) off the console
     backend.configure_jax_for_backend()
     if not os.path.isdir(FLAGS.workdir):

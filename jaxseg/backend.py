@@ -162,7 +162,12 @@ def configure_jax_for_backend() -> None:
 
 
 def hide_accelerators_from_tensorflow() -> None:
-    """tf.data runs on the host; keep TensorFlow from grabbing GPU memory JAX needs."""
-    import tensorflow as tf
+    """Keeps TensorFlow, where it is installed, from grabbing GPU memory JAX needs.
 
+    TensorFlow is optional (the SavedModel export's extra); without it this does nothing.
+    """
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
     tf.config.set_visible_devices([], "GPU")

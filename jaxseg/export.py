@@ -22,7 +22,9 @@ Files in the output folder:
   `load_stablehlo`), `model.mlirbc` (the StableHLO portable artifact, for non-JAX runtimes),
   `card.json`. Lowered for CPU and CUDA.
 - savedmodel: a TF SavedModel (via `jax.experimental.jax2tf`, native serialization; its
-  `serving_default` signature takes `images` uint8 [N, H, W, C]), and `card.json`.
+  `serving_default` signature takes `images` uint8 [N, H, W, C]), and `card.json`. The only
+  format that needs TensorFlow, an optional extra (`pip install -e ".[savedmodel]"`); TensorFlow
+  is imported here and nowhere else in the export.
 
 jax2tf rather than orbax-export: orbax-export is a wrapper over jax2tf (JaxModule converts with
 it), so it would add a dependency for the same conversion.
@@ -162,10 +164,28 @@ def export_stablehlo(predictor, rule: dict, output_dir: str) -> list[str]:
     return [STABLEHLO_FILE, "model.mlirbc"]
 
 
+SAVEDMODEL_EXTRA = (
+    'pip install -e ".[savedmodel]" in a jaxseg checkout, or pip install "jaxseg[savedmodel]"'
+)
+
+
+def import_tensorflow():
+    """TensorFlow, or an ImportError that says how to install it (only the SavedModel needs it)."""
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ImportError(
+            f"the SavedModel export needs TensorFlow, which is not installed ({e}). Install the "
+            f"extra: {SAVEDMODEL_EXTRA} (on a Python that TensorFlow ships wheels for); or "
+            "export with --format stablehlo, which needs no TensorFlow. Nothing was written."
+        ) from e
+    return tf
+
+
 def export_savedmodel(predictor, rule: dict, output_dir: str) -> list[str]:
     """Writes a TF SavedModel (signature "serving_default": images uint8 -> outputs)."""
-    import tensorflow as tf
-    from jax.experimental import jax2tf
+    tf = import_tensorflow()
+    from jax.experimental import jax2tf  # imports TensorFlow
 
     serve = serving_fn(predictor.model, predictor.mean, predictor.std, rule)
     _, poly = input_spec(rule, predictor.channels)
@@ -233,6 +253,10 @@ def export_run(
         raise ValueError(f"--output {output_dir} exists and is not a folder")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise ValueError(f"--output {output_dir} is not empty: refusing to mix two exports")
+    if fmt == "savedmodel":
+        # Before anything is restored or written. TensorFlow only checks the export once, on the
+        # host: it must not take the GPU memory jax needs (and must be told before its first op).
+        import_tensorflow().config.set_visible_devices([], "GPU")
     config = workdir_lib.read_config(workdir)
     predictor = prediction.load_predictor(workdir, checkpoint)
     fixed = tuple(size) if size else tuple(config.data.eval_pad_size)

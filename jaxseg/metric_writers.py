@@ -1,7 +1,17 @@
-"""Scalars to `metrics.jsonl` and TensorBoard event files, written by the primary process only."""
+"""Scalars to `metrics.jsonl` and TensorBoard event files, written by the primary process only.
+
+Event files are written without TensorFlow, with the `tensorboard` package's own record writer
+and event protos (a dependency already, for the viewer; tensorboardX would add one for the same
+bytes). Not its `EventFileWriter`: that opens files through `tensorboard.compat.tf`, which imports
+all of TensorFlow wherever it is installed. The summaries are those `tf.summary` v2 writes:
+scalars as float32 scalar tensors (plugin "scalars"), images as the string tensor [width,
+height, PNG] (plugin "images"), so TensorBoard and `EventAccumulator.Tensors` read them as before.
+"""
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
 import os
@@ -10,6 +20,12 @@ import time
 from collections.abc import Mapping
 
 import jax
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.image import metadata as image_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+from tensorboard.summary.writer.record_writer import RecordWriter
+from tensorboard.util import tensor_util
 
 
 class MetricWriter:
@@ -40,13 +56,9 @@ class MetricWriter:
                 _mark_tensorboard_restart(os.path.join(workdir, "tensorboard"), resume_step)
             self._jsonl = open(path, "a")  # noqa: SIM115
 
-    def _tb_writer(self, split: str):
+    def _tb_writer(self, split: str) -> _EventFile:
         if split not in self._tb:
-            import tensorflow as tf  # The input pipeline already imports it; events need no more.
-
-            self._tb[split] = tf.summary.create_file_writer(
-                os.path.join(self._workdir, "tensorboard", split)
-            )
+            self._tb[split] = _EventFile(os.path.join(self._workdir, "tensorboard", split))
         return self._tb[split]
 
     def write(self, step: int, scalars: Mapping[str, float], split: str = "train") -> None:
@@ -57,30 +69,76 @@ class MetricWriter:
         record.update({k: float(v) for k, v in scalars.items()})
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        import tensorflow as tf
-
-        with self._tb_writer(split).as_default():
-            for k, v in scalars.items():
-                tf.summary.scalar(k, float(v), step=int(step))
+        values = {k: tensor_util.make_tensor_proto(np.float32(v)) for k, v in scalars.items()}
+        self._tb_writer(split).write(int(step), values, "scalars")
 
     def write_image(self, step: int, name: str, image, split: str = "eval") -> None:
         """Writes uint8 [H, W, 3] `image` as a TensorBoard image summary `name` (not to jsonl)."""
         if not self._primary:
             return
-        import numpy as np
-        import tensorflow as tf
+        from PIL import Image
 
-        with self._tb_writer(split).as_default():
-            tf.summary.image(name, np.asarray(image, np.uint8)[None], step=int(step))
+        image = np.asarray(image, np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        height, width = image.shape[:2]
+        # tf.summary.image's layout: [width, height, one PNG per image], as strings.
+        tensor = np.array([str(width).encode(), str(height).encode(), png.getvalue()], object)
+        self._tb_writer(split).write(
+            int(step), {name: tensor_util.make_tensor_proto(tensor)}, "images"
+        )
 
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
         for w in self._tb.values():
-            w.flush()
             w.close()
         self._tb = {}
+
+
+class _EventFile:
+    """One new event file in `folder`: Event protos as TFRecords, flushed after every write.
+
+    Metrics are written at log steps only, so writes are synchronous (no queue or thread, and
+    nothing lost to a kill between log steps). Each tag's summary metadata (which plugin reads
+    it) goes with its first value only, as tf.summary does.
+    """
+
+    def __init__(self, folder: str):
+        os.makedirs(folder, exist_ok=True)
+        now = time.time()
+        # TensorBoard reads a folder's files in name order: time first, then a per-process count
+        # (two writers of one folder in one second must neither collide nor swap order).
+        name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
+        name += f".{next(_FILE_COUNT):06d}.v2"
+        self._records = RecordWriter(open(os.path.join(folder, name), "wb"))  # noqa: SIM115
+        self._tagged: set[str] = set()
+        self._add(event_pb2.Event(wall_time=now, file_version="brain.Event:2"))
+
+    def write(self, step: int, tensors: Mapping[str, object], plugin: str) -> None:
+        """`tensors`: {tag: TensorProto}; `plugin`: "scalars" or "images"."""
+        summary = summary_pb2.Summary()
+        for tag, tensor in tensors.items():
+            value = summary.value.add(tag=tag, tensor=tensor)
+            if tag not in self._tagged:
+                self._tagged.add(tag)
+                value.metadata.CopyFrom(_METADATA[plugin]())
+        self._add(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def _add(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
+
+
+_FILE_COUNT = itertools.count()
+_METADATA = {
+    "scalars": lambda: scalar_metadata.create_summary_metadata(display_name="", description=""),
+    "images": lambda: image_metadata.create_summary_metadata(display_name="", description=""),
+}
 
 
 def _drop_records_after(path: str, step: int) -> int:
@@ -114,9 +172,6 @@ def _mark_tensorboard_restart(tb_dir: str, step: int) -> None:
     """Writes a SessionLog START at `step` + 1 into each existing split folder (see above)."""
     if not os.path.isdir(tb_dir):
         return
-    import tensorflow as tf
-    from tensorboard.compat.proto import event_pb2
-
     splits = [d for d in sorted(os.listdir(tb_dir)) if os.path.isdir(os.path.join(tb_dir, d))]
     if not splits:
         return
@@ -124,7 +179,8 @@ def _mark_tensorboard_restart(tb_dir: str, step: int) -> None:
     for split in splits:
         # Event files are TFRecords of Event protos, read in file-name (= creation time) order.
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.restart-{step}"
-        with tf.io.TFRecordWriter(os.path.join(tb_dir, split, name)) as f:
+        with open(os.path.join(tb_dir, split, name), "wb") as f:
+            records = RecordWriter(f)
             start = event_pb2.Event(
                 wall_time=now,
                 step=step + 1,
@@ -134,7 +190,7 @@ def _mark_tensorboard_restart(tb_dir: str, step: int) -> None:
             # TensorBoard takes a run's first START as the initial one (tf.summary writes
             # none) and purges on each later one: two make the first marker count as well.
             for event in (version, start, start):
-                f.write(event.SerializeToString())
+                records.write(event.SerializeToString())
     # The new writers' files must sort after the marker: their names start with the same whole
     # second, so wait for the next one.
     time.sleep(max(0.0, int(now) + 1 - time.time()))

@@ -14,12 +14,30 @@ backend.configure_xla_flags()
 # What train.py does on CPU (jaxseg/backend.py): the partitionable threefry compiles ~7x slower
 # on XLA:CPU for the small kernels of test-size models.
 os.environ["JAX_THREEFRY_PARTITIONABLE"] = "0"
-# TensorFlow is only the input pipeline; keep it quiet and off any accelerator.
+# Where TensorFlow is installed (the savedmodel extra), keep it quiet and off any accelerator.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def no_tensorflow_env(tmp_path):
+    """An env for subprocess.run in which `import tensorflow` fails, as where it is not installed.
+
+    PYTHONPATH starts with a folder whose `tensorflow` package raises ImportError, then the repo
+    root (this checkout's jaxseg, configs and entry points), then the PYTHONPATH already set.
+    """
+    blocker = tmp_path / "no_tensorflow"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text(
+        'raise ImportError("TensorFlow is blocked for this test (no_tensorflow_env)")\n'
+    )
+    paths = [str(blocker), REPO, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Exports (StableHLO, SavedModel) reloaded and run on validation images equal in-process
-inference; the symbolic-shape export runs at two batch sizes and two image sizes.
+inference; the symbolic-shape export runs at two batch sizes and two image sizes. Without
+TensorFlow the StableHLO export works and the SavedModel one stops, naming the extra, before
+writing anything; the SavedModel round trip needs TensorFlow (skipped without it).
 
 Tolerances: logits within 1e-4 (absolute) + 1e-4 (relative) of `jaxseg.inference` (the export
 is a separately lowered program: XLA may fuse and order reductions differently); probabilities
@@ -53,6 +55,7 @@ def stablehlo_dir(smoke_run, predictor, tmp_path_factory):
 def savedmodel_export(smoke_run, tmp_path_factory):
     """(output folder, finished export.py process): the user's command, from the repo root,
     with a relative --output."""
+    pytest.importorskip("tensorflow", reason="the SavedModel export needs the savedmodel extra")
     out = os.path.relpath(tmp_path_factory.mktemp("export") / "tf", REPO)
     cmd = [sys.executable, "export.py", f"--workdir={smoke_run}", "--format=savedmodel"]
     # The user's environment: XLA_FLAGS without the flags conftest's backend call added.
@@ -122,7 +125,7 @@ def test_stablehlo_round_trip_at_two_batch_sizes_and_image_sizes(
 
 
 def test_savedmodel_round_trip_equals_inference(savedmodel_dir, predictor, validation_images):
-    import tensorflow as tf
+    tf = pytest.importorskip("tensorflow")
 
     serve = tf.saved_model.load(savedmodel_dir).signatures["serving_default"]
     assert serve.structured_input_signature[1]["images"].dtype == tf.uint8
@@ -131,22 +134,57 @@ def test_savedmodel_round_trip_equals_inference(savedmodel_dir, predictor, valid
     _assert_matches(out, predictor, validation_images)
 
 
-def test_card_describes_inputs_and_source(stablehlo_dir, savedmodel_export, smoke_run, predictor):
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_card_describes_inputs_and_source(fmt, request, smoke_run, predictor):
     config = workdir_lib.read_config(str(smoke_run))
-    exports = [(stablehlo_dir, "stablehlo")]
-    if savedmodel_export[1].returncode == 0:
-        exports.append((savedmodel_export[0], "savedmodel"))
-    for folder, fmt in exports:
-        card = json.loads((open(os.path.join(folder, "card.json"))).read())
-        assert card["format"] == fmt
-        assert card["classes"] == list(predictor.class_names) and len(card["palette"]) == 6
-        np.testing.assert_allclose(card["mean"], config.data.mean)
-        np.testing.assert_allclose(card["std"], config.data.std)
-        assert card["input"]["channels"] == 3 and card["input"]["dtype"] == "uint8"
-        # "best" by validation mIoU: one of the smoke run's two evaluated steps.
-        assert card["source"]["step"] == predictor.step and predictor.step in (3, 6)
-        assert card["source"]["workdir"] == os.path.abspath(smoke_run)
-        assert card["jaxseg_version"] == "0.1.0"
+    folder = request.getfixturevalue("stablehlo_dir" if fmt == "stablehlo" else "savedmodel_dir")
+    card = json.loads((open(os.path.join(folder, "card.json"))).read())
+    assert card["format"] == fmt
+    assert card["classes"] == list(predictor.class_names) and len(card["palette"]) == 6
+    np.testing.assert_allclose(card["mean"], config.data.mean)
+    np.testing.assert_allclose(card["std"], config.data.std)
+    assert card["input"]["channels"] == 3 and card["input"]["dtype"] == "uint8"
+    # "best" by validation mIoU: one of the smoke run's two evaluated steps.
+    assert card["source"]["step"] == predictor.step and predictor.step in (3, 6)
+    assert card["source"]["workdir"] == os.path.abspath(smoke_run)
+    assert card["jaxseg_version"] == "0.1.0"
+
+
+def test_without_tensorflow_savedmodel_stops_naming_the_extra_and_stablehlo_works(
+    smoke_run, no_tensorflow_env, tmp_path, predictor, validation_images
+):
+    """The user's commands where TensorFlow is not installed (`import tensorflow` fails)."""
+
+    def export_py(fmt, out):
+        cmd = [sys.executable, "export.py", f"--workdir={smoke_run}", f"--format={fmt}"]
+        return subprocess.run(
+            [*cmd, f"--output={out}"],
+            cwd=REPO,
+            env=no_tensorflow_env,
+            capture_output=True,
+            text=True,
+        )
+
+    proc = export_py("savedmodel", tmp_path / "tf")
+    assert proc.returncode != 0
+    assert 'pip install -e ".[savedmodel]"' in proc.stderr, proc.stderr[-3000:]
+    assert "--format stablehlo" in proc.stderr
+    assert not (tmp_path / "tf").exists()
+    proc = export_py("stablehlo", tmp_path / "hlo")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    call, card = export.load_stablehlo(str(tmp_path / "hlo"))
+    assert card["format"] == "stablehlo"
+    _assert_matches(call(validation_images), predictor, validation_images)
+
+
+def test_savedmodel_without_tensorflow_fails_before_restoring_or_writing(
+    smoke_run, tmp_path, monkeypatch
+):
+    """In process: the check runs first, so not even the output folder is created."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` -> ImportError
+    with pytest.raises(ImportError, match=r'pip install "jaxseg\[savedmodel\]"'):
+        export.export_run(str(smoke_run), str(tmp_path / "tf"), "savedmodel")
+    assert not (tmp_path / "tf").exists()
 
 
 def test_size_rules_follow_each_models_constraints():

@@ -1,10 +1,13 @@
-"""The package's import structure: no import circle, and every module importable on its own."""
+"""The package's import structure: no import circle, and every module importable on its own,
+with or without TensorFlow."""
 
 import ast
 import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "jaxseg"
@@ -64,13 +67,23 @@ def test_no_import_circle_in_the_package():
     assert "jaxseg.train_state" in graph["jaxseg.evaluation"]
 
 
-def test_every_module_imports_alone():
+@pytest.mark.parametrize("tensorflow", ["installed or not", "not installed"])
+def test_every_module_imports_alone(tensorflow, request):
     """Each module imported first, in a child forked before any jaxseg module was loaded (the
-    third-party libraries are imported once in the parent, so a child costs milliseconds)."""
+    third-party libraries are imported once in the parent, so a child costs milliseconds). Also
+    where `import tensorflow` fails: TensorFlow is only the SavedModel export's, imported inside
+    it."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if tensorflow == "not installed":
+        env["PYTHONPATH"] = request.getfixturevalue("no_tensorflow_env")["PYTHONPATH"]
     script = f"""
 import importlib, os, sys, traceback
 import flax.linen, h5py, jax, matplotlib, ml_collections, optax, orbax.checkpoint, PIL.Image
-import tensorflow, tensorflow_datasets
+import tensorflow_datasets
+try:
+    import tensorflow  # Where installed (the savedmodel extra): once here, not in every child.
+except ImportError:
+    pass
 failed = []
 for name in {[m for m in _module_names() if m not in ENTRY_POINTS]!r}:
     pid = os.fork()
@@ -93,6 +106,6 @@ sys.exit(1 if failed else 0)
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]

@@ -23,7 +23,17 @@ from jaxseg.models.pretrained import (
 )
 from jaxseg.models.vgg import VGG16
 
-os.environ["KERAS_BACKEND"] = "tensorflow"  # must precede the keras import
+
+def _keras_backend() -> str:
+    """TensorFlow where installed (the savedmodel extra), else jax: Keras 3 runs either."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return "jax"
+    return "tensorflow"
+
+
+os.environ["KERAS_BACKEND"] = _keras_backend()  # must precede the keras import
 keras = pytest.importorskip("keras")
 
 CONVS = [n for n in KERNEL_SHAPES if n.startswith("conv")]

@@ -393,19 +393,19 @@ def test_straight_run_writes_checkpoints_config_metrics_and_events(runs, restore
 
 
 def _read_scalars(folder: Path) -> dict[tuple[str, int], float]:
-    """{(tag, step): value} from the TensorBoard event files in `folder`."""
-    import tensorflow as tf
+    """{(tag, step): value} as TensorBoard reads the event files in `folder` (no TensorFlow)."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+    from tensorboard.util import tensor_util
 
-    files = sorted(folder.glob("events.out.tfevents.*"))
-    assert files, f"no TensorBoard event files in {folder}"
-    scalars = {}
-    for path in files:
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                array = tf.make_ndarray(value.tensor)
-                if array.ndim == 0:  # Scalars only; the eval split also has the prediction grid.
-                    scalars[(value.tag, event.step)] = float(array)
-    return scalars
+    assert sorted(folder.glob("events.out.tfevents.*")), f"no TensorBoard event files in {folder}"
+    acc = pea.EventAccumulator(str(folder), size_guidance={pea.TENSORS: 0})  # 0: keep all
+    acc.Reload()
+    # Scalars only; the eval split also has the prediction grid.
+    return {
+        (tag, event.step): float(tensor_util.make_ndarray(event.tensor_proto))
+        for tag in acc.PluginTagToContent("scalars")
+        for event in acc.Tensors(tag)
+    }
 
 
 @pytest.mark.slow
