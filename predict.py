@@ -65,7 +65,6 @@ flags.mark_flags_as_required(["workdir", "input", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    backend.hide_accelerators_from_tensorflow()
     logs.route_library_logs()  # library INFO chatter (jax's backend probing, orbax) off the console
     backend.configure_jax_for_backend()
     if not os.path.isdir(FLAGS.workdir):

@@ -42,7 +42,6 @@ def main(argv):
     # Library INFO chatter (jax's backend probing, orbax) off the console; train_lib.run adds
     # <workdir>/train.log, where it all goes.
     logs.route_library_logs()
-    backend.hide_accelerators_from_tensorflow()
     if FLAGS.distributed or FLAGS.coordinator_address:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,

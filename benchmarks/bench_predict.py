@@ -48,7 +48,6 @@ def main():
     parser.add_argument("--batch_per_device", type=int, default=1)
     parser.add_argument("--max_tile", type=int, default=1024)
     args = parser.parse_args()
-    backend.hide_accelerators_from_tensorflow()
     backend.configure_jax_for_backend()
 
     with tempfile.TemporaryDirectory() as tmp:

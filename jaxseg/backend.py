@@ -160,14 +160,3 @@ def configure_jax_for_backend() -> None:
     if jax.default_backend() == "cpu" and not os.environ.get("JAXSEG_NO_XLA_TUNING"):
         jax.config.update("jax_threefry_partitionable", False)
 
-
-def hide_accelerators_from_tensorflow() -> None:
-    """Keeps TensorFlow, where it is installed, from grabbing GPU memory JAX needs.
-
-    TensorFlow is optional (the SavedModel export's extra); without it this does nothing.
-    """
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
-    tf.config.set_visible_devices([], "GPU")

@@ -24,19 +24,29 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tensorflow_blocker(folder) -> str:
+    """Writes `<folder>/no_tensorflow/tensorflow/__init__.py` raising ImportError; returns the
+    folder to put first on PYTHONPATH so that `import tensorflow` fails as where it is not
+    installed."""
+    blocker = os.path.join(str(folder), "no_tensorflow")
+    os.makedirs(os.path.join(blocker, "tensorflow"), exist_ok=True)
+    with open(os.path.join(blocker, "tensorflow", "__init__.py"), "w") as f:
+        f.write('raise ImportError("TensorFlow is blocked for this test (tensorflow_blocker)")\n')
+    return blocker
+
+
 @pytest.fixture
 def no_tensorflow_env(tmp_path):
     """An env for subprocess.run in which `import tensorflow` fails, as where it is not installed.
 
-    PYTHONPATH starts with a folder whose `tensorflow` package raises ImportError, then the repo
-    root (this checkout's jaxseg, configs and entry points), then the PYTHONPATH already set.
+    PYTHONPATH starts with `tensorflow_blocker`'s folder, then the repo root (this checkout's
+    jaxseg, configs and entry points), then the PYTHONPATH already set.
     """
-    blocker = tmp_path / "no_tensorflow"
-    (blocker / "tensorflow").mkdir(parents=True)
-    (blocker / "tensorflow" / "__init__.py").write_text(
-        'raise ImportError("TensorFlow is blocked for this test (no_tensorflow_env)")\n'
-    )
-    paths = [str(blocker), REPO, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [
+        tensorflow_blocker(tmp_path),
+        REPO,
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
     return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
 
 

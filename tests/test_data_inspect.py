@@ -56,7 +56,8 @@ def _write_folder(root: Path):
     return labels
 
 
-def test_inspect_cli_on_an_image_folder(tmp_path):
+def test_inspect_cli_on_an_image_folder(tmp_path, no_tensorflow_env):
+    """The CLI, run where TensorFlow is not importable."""
     labels = _write_folder(tmp_path / "data")
     cmd = [
         sys.executable,
@@ -72,7 +73,9 @@ def test_inspect_cli_on_an_image_folder(tmp_path):
         "--config.data.eval_split=train",
         f"--output={tmp_path / 'out'}",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=no_tensorflow_env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())["splits"]["train"]
     pixels, ignored, _ = _numpy_counts(labels, 3)

@@ -12,6 +12,7 @@ the README changes, the test follows it; if a README command stops working, the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tensorflow_blocker
 from PIL import Image
 from test_train_e2e import REPO, child_env, shared_dir
 
@@ -104,8 +106,12 @@ def test_first_block_installs_the_test_extra_and_ci_runs_its_test_command():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    """The children's environment: the e2e tests' shared tfds data dir and XLA cache."""
-    return child_env(shared_dir(tmp_path_factory), 8)
+    """The children's environment: the e2e tests' shared tfds data dir and XLA cache, and no
+    TensorFlow (importing it raises): train, eval and predict never need it."""
+    blocker = tensorflow_blocker(tmp_path_factory.mktemp("readme_env"))
+    return child_env(
+        shared_dir(tmp_path_factory), 8, PYTHONPATH=os.pathsep.join([blocker, str(REPO)])
+    )
 
 
 @pytest.fixture(scope="module")
