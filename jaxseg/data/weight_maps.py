@@ -71,7 +71,7 @@ def open_weight_maps(
     if jax.process_index() == 0 and not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
-        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1,uncompressed")
         for index in range(len(source)):
             label = decoder(index)["label"]
             weight = losses.binary_weight_map(label, w0=w0, sigma=sigma)

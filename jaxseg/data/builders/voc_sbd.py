@@ -18,6 +18,8 @@ PNG labels, whose palette indices are the class ids and whose object borders (25
 
 import io
 import os
+import shutil
+import tarfile
 
 import numpy as np
 import scipy.io
@@ -77,13 +79,13 @@ class VocSbd(tfds.core.GeneratorBasedBuilder):
                 f"voc_sbd: missing manual download(s) {missing} in {manual}.\n"
                 + self.MANUAL_DOWNLOAD_INSTRUCTIONS
             )
-        voc = _find_dir(dl_manager.extract(manual / VOC2012_TAR), "VOC2012", VOC2012_TAR)
-        sbd = _find_dir(dl_manager.extract(manual / SBD_TGZ), "dataset", SBD_TGZ)
+        voc = _find_dir(_extract(dl_manager, manual / VOC2012_TAR), "VOC2012", VOC2012_TAR)
+        sbd = _find_dir(_extract(dl_manager, manual / SBD_TGZ), "dataset", SBD_TGZ)
         sbd_train = _read_ids(os.path.join(sbd, "train.txt"))
         if SEG11VALID_TXT in present:
             seg11valid = _read_ids(os.path.join(manual, SEG11VALID_TXT))
         else:
-            voc2011 = _find_dir(dl_manager.extract(manual / VOC2011_TAR), "VOC2011", VOC2011_TAR)
+            voc2011 = _find_dir(_extract(dl_manager, manual / VOC2011_TAR), "VOC2011", VOC2011_TAR)
             val2011 = _read_ids(os.path.join(voc2011, "ImageSets", "Segmentation", "val.txt"))
             in_train = set(sbd_train)
             seg11valid = [i for i in val2011 if i not in in_train]
@@ -133,6 +135,32 @@ class VocSbd(tfds.core.GeneratorBasedBuilder):
                     "file_name": image_id,
                 },
             )
+
+
+def _extract(dl_manager, archive: os.PathLike) -> str:
+    """Extracts a tar archive once, under `<download dir>/extracted/`; returns the folder.
+
+    Python's tarfile (with its "data" filter: no absolute paths, links or devices outside the
+    folder) rather than `dl_manager.extract`, whose extractor needs TensorFlow. The folder is
+    keyed by the archive's name, size and modification time, so a replaced archive is extracted
+    again; it appears only when complete (extracted under a temporary name, then renamed).
+    """
+    archive = os.fspath(archive)
+    stat = os.stat(archive)
+    key = f"{os.path.basename(archive)}-{stat.st_size}-{stat.st_mtime_ns}"
+    target = os.path.join(os.fspath(dl_manager.download_dir), "extracted", key)
+    if os.path.isdir(target):
+        return target
+    tmp = f"{target}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"voc_sbd: cannot extract {archive}: {e}") from e
+    os.replace(tmp, target)
+    return target
 
 
 def _find_dir(extracted: os.PathLike, name: str, archive: str) -> str:
