@@ -1,6 +1,8 @@
 """Host loading (Grain) and the device-augmented training stream: batch contract, exact resume,
 host, device and worker independence, exactly-once evaluation, no TensorFlow."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -230,8 +232,8 @@ def test_loading_and_augmenting_never_import_tensorflow(cfg, no_tensorflow_env):
         cfg.synthetic.image_size, cfg.synthetic.num_train = 32, {NUM_TRAIN}
         cfg.synthetic.num_validation = {NUM_VAL}
         cfg.crop_size, cfg.eval_pad_size = (24, 24), (32, 32)
-        batch = next(loading.make_train_iterator(cfg, global_batch_size=2, seed=0))
-        assert batch["image"].shape == (2, 24, 24, 3)
+        batch = next(loading.make_train_iterator(cfg, global_batch_size=8, seed=0))
+        assert batch["image"].shape == (8, 24, 24, 3)
         assert len(list(loading.make_eval_iterator(cfg, global_batch_size=4))) == 2
         assert "tensorflow" not in sys.modules
     """)
@@ -239,3 +241,17 @@ def test_loading_and_augmenting_never_import_tensorflow(cfg, no_tensorflow_env):
         [sys.executable, "-c", script], env=no_tensorflow_env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_tfds_builder_that_needs_tensorflow_to_prepare_says_so(cfg):
+    """tfds's own builders (oxford_iiit_pet, cityscapes, ade20k) import TensorFlow to generate."""
+
+    class NeedsTensorflow:
+        def download_and_prepare(self, **kwargs):
+            raise ModuleNotFoundError("No module named 'tensorflow'")
+
+    spec = dataclasses.replace(
+        datasets.DATASETS["oxford_iiit_pet"], make_builder=lambda data_cfg: NeedsTensorflow()
+    )
+    with pytest.raises(ImportError, match=r"oxford_iiit_pet: .*TensorFlow to prepare.*tfds build"):
+        loading._prepare(spec, cfg)

@@ -72,23 +72,15 @@ def augment_config(
 ) -> AugmentConfig:
     """`AugmentConfig` of `config.data`; `context` = (rows, cols) the model needs around its
     output (`jaxseg.models.input_context`): images are mirror-padded by it."""
+    # Every field but crop and context is the `config.data` field of the same name.
+    values = {
+        f.name: data_cfg[f.name] for f in dataclasses.fields(AugmentConfig) if f.name in data_cfg
+    }
+    values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
     return AugmentConfig(
         crop=tuple(int(v) for v in data_cfg.crop_size),
         context=tuple(int(v) for v in context),
-        min_scale=float(data_cfg.min_scale),
-        max_scale=float(data_cfg.max_scale),
-        rotation_degrees=float(data_cfg.rotation_degrees),
-        shift_px=float(data_cfg.shift_px),
-        elastic=bool(data_cfg.elastic),
-        elastic_grid=int(data_cfg.elastic_grid),
-        elastic_sigma=float(data_cfg.elastic_sigma),
-        hflip=bool(data_cfg.hflip),
-        brightness=float(data_cfg.brightness),
-        contrast=float(data_cfg.contrast),
-        saturation=float(data_cfg.saturation),
-        hue=float(data_cfg.hue),
-        mean=tuple(float(v) for v in data_cfg.mean),
-        std=tuple(float(v) for v in data_cfg.std),
+        **values,
     )
 
 

@@ -5,6 +5,11 @@
 builders (synthetic scenes, VOC+SBD, image folders) store labels already mapped and checked at
 build time; tfds-hosted data sets are mapped through a 256-entry lookup table, where every raw
 value the data set does not document maps to 255.
+
+No TensorFlow is needed to build our own data sets or to read any prepared one. tfds's own
+builders of oxford_iiit_pet, cityscapes and ade20k call TensorFlow while generating (archive
+extraction, `tf.io.gfile`, `tf.image`), so preparing those once needs it; `jaxseg.data.loading`
+says so when it is missing.
 """
 
 import dataclasses

@@ -112,10 +112,27 @@ def _prepare(spec: datasets.DatasetSpec, data_cfg: ml_collections.ConfigDict):
     )
     if jax.process_count() > 1:
         if jax.process_index() == 0:
-            spec.make_builder(data_cfg).download_and_prepare(download_config=download_config)
+            _download_and_prepare(spec, data_cfg, download_config)
         multihost_utils.sync_global_devices(f"jaxseg: {spec.name} prepared by process 0")
+    return _download_and_prepare(spec, data_cfg, download_config)
+
+
+def _download_and_prepare(spec, data_cfg, download_config):
     builder = spec.make_builder(data_cfg)
-    builder.download_and_prepare(download_config=download_config)
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except ImportError as e:
+        if "tensorflow" not in str(e).lower():
+            raise
+        # tfds's own builders of oxford_iiit_pet, cityscapes and ade20k call TensorFlow while
+        # generating (archive extraction, tf.io.gfile, tf.image); reading needs none.
+        raise ImportError(
+            f"{spec.name}: tfds's builder needs TensorFlow to prepare this data set once "
+            f'({e}). Install it for that step (pip install -e ".[savedmodel]" or '
+            "tensorflow-cpu), or prepare it where TensorFlow is installed (`tfds build "
+            f"{spec.name} --file_format=array_record`) and point config.data.data_dir there; "
+            "training on the prepared data set needs no TensorFlow"
+        ) from e
     return builder
 
 
