@@ -159,4 +159,3 @@ def configure_jax_for_backend() -> None:
 
     if jax.default_backend() == "cpu" and not os.environ.get("JAXSEG_NO_XLA_TUNING"):
         jax.config.update("jax_threefry_partitionable", False)
-
