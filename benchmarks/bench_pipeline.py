@@ -1,14 +1,26 @@
-r"""Training input pipeline throughput (images/s) at given image sizes, and data build time.
+r"""Input pipeline throughput: host loading (images/s per core) and device augmentation (ms).
 
-  python -m benchmarks.bench_pipeline --sizes 256 512 --batch 8 --batches 20 --repeats 3
-  python -m benchmarks.bench_pipeline --build-default   # also time building the default data set
+  python -m benchmarks.bench_pipeline                          # isbi, voc and default recipes
+  python -m benchmarks.bench_pipeline --recipes isbi --workers 0 1 2 --batches 20 --repeats 3
 
-For each size, builds a small `synthetic_scenes` split at that size (JPEG images, PNG labels, as
-stored for real data sets) in a temporary tfds dir, then times the real training pipeline of
-`configs/default.py` (random access read, decode, scale, crop to the full size, flip, jitter,
-normalise, batch) after one warm-up batch. Prints the median and spread of --repeats runs of
---batches batches each. Compare with benchmarks/bench_train_step.py on the same machine: the
-pipeline should deliver at least 3x the training step's images/s.
+For each recipe, writes a small data set in a temporary folder the way users bring theirs (an
+image folder: PNG/JPEG images, PNG masks) and builds it with tfds, then times:
+
+1. host loading: `jaxseg.data.loading.host_batches` (random-access ArrayRecord read, decode, pad
+   to the fixed shape, the precomputed weight map where the recipe has one) with 0 loader
+   workers (threads of this process) and with 1 and 2 worker processes; images/s, median of
+   --repeats runs of --batches batches after a warm-up batch, and per core (the worker count;
+   0 workers counts as one core: the threads share this process);
+2. device augmentation: the jitted `jaxseg.data.augment.augment` of one loaded batch on this
+   process's first device (the CPU here), median of 10 calls after compiling; divide by the
+   recipe's train step (benchmarks/bench_train_step.py) for its share.
+
+Recipes:
+  isbi     configs/unet_isbi.py: 512 x 512 greyscale PNG slices, 0/255 masks, 572 px tiles with
+           92 px mirrored context, rotation, shift, elastic, flip, grey-value jitter, weight map;
+  voc      configs/fcn8s_voc.py's data: 500 x 375 RGB JPEG, palette-index PNG masks, 512 px
+           padded whole images;
+  default  configs/default.py: the synthetic scenes, 128 px, 96 px crops, scale, flip, jitter.
 """
 
 import argparse
@@ -19,71 +31,133 @@ import sys
 import tempfile
 import time
 
+import jax
+import numpy as np
+from PIL import Image
+
 from benchmarks import common
-from configs.default import data_config
-from jaxseg.data import pipeline
+from configs import default, fcn8s_voc, unet_isbi
+from jaxseg.data import augment, loading
+from jaxseg.models import build_model, input_context
 
 
-def _time_build(data_dir: str, size: int, num_train: int, num_validation: int) -> float:
-    cfg = data_config()
-    cfg.data_dir = data_dir
-    cfg.synthetic.image_size = size
-    cfg.synthetic.num_train = num_train
-    cfg.synthetic.num_validation = num_validation
-    start = time.perf_counter()
-    pipeline.open_split(cfg, "train", key="benchmark")
-    return time.perf_counter() - start
+def _smooth(rng, height, width, channels):
+    """A photo-like image (smooth field + noise), so PNG/JPEG sizes are realistic."""
+    coarse = rng.random((height // 32 + 2, width // 32 + 2, channels))
+    field = np.kron(coarse, np.ones((32, 32, 1)))[:height, :width]
+    noisy = field * 200 + rng.normal(0, 12, field.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _write_folder(root, count, size, channels, classes, image_ext):
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "images"))
+    os.makedirs(os.path.join(root, "masks"))
+    height, width = size
+    for i in range(count):
+        image = _smooth(rng, height, width, channels)
+        image = image[..., 0] if channels == 1 else image
+        Image.fromarray(image).save(os.path.join(root, "images", f"{i:04d}.{image_ext}"))
+        mask = np.kron(
+            rng.integers(0, classes, (height // 16 + 1, width // 16 + 1)), np.ones((16, 16))
+        )
+        mask = mask[:height, :width].astype(np.uint8)
+        if classes == 2:
+            mask = mask * 255  # 0/255 binary masks, as ISBI ships them
+        Image.fromarray(mask).save(os.path.join(root, "masks", f"{i:04d}.png"))
+
+
+def _recipe(name, tmp, count):
+    """(config, context) of a recipe, its data written under `tmp`."""
+    root = os.path.join(tmp, name)
+    if name == "isbi":
+        config = unet_isbi.get_config()
+        _write_folder(root, count, (512, 512), 1, 2, "png")
+        config.data.folder.root = root
+        config.data.folder.val_list = None
+    elif name == "voc":
+        config = fcn8s_voc.get_config()
+        _write_folder(root, count, (375, 500), 3, 21, "jpg")
+        d = config.data
+        d.name = "image_folder"
+        d.folder.root = root
+        d.folder.class_names = tuple(f"class{i}" for i in range(21))
+        d.folder.channels = 3
+        d.mean, d.std = default.data_config().mean, default.data_config().std
+    else:
+        config = default.get_config()
+    config.data.data_dir = os.path.join(tmp, "tfds")
+    config.data.eval_split = config.data.train_split
+    model = build_model(config.model)
+    return config, input_context(model, tuple(config.data.crop_size))
+
+
+def _loader_rate(config, batch, workers, batches, repeats):
+    iterator = loading.host_batches(
+        config.data, global_batch_size=batch, seed=0, workers=workers, process_count=1,
+        process_index=0,
+    )  # fmt: skip
+    next(iterator)  # warm-up: thread pools, workers starting, first reads
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(iterator)
+        rates.append(batches * batch / (time.perf_counter() - start))
+    return rates
+
+
+def _augment_ms(config, context, batch):
+    device = jax.devices()[0]
+    mesh = jax.sharding.Mesh(np.asarray([device]), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    loaded = next(loading.host_batches(config.data, global_batch_size=batch, seed=0, workers=0))
+    fn = augment.make_augment(config.data, seed=0, sharding=sharding, context=context)
+    arrays = loading.to_global(loaded, sharding)
+    jax.block_until_ready(fn(arrays))  # compile
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(arrays))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def main():
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_pipeline", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image side, px")
-    parser.add_argument("--batch", type=int, default=8, help="global batch (one host)")
+    parser.add_argument("--recipes", nargs="+", default=["isbi", "voc", "default"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--batch", type=int, default=8, help="loaded batch (one host)")
     parser.add_argument("--batches", type=int, default=20, help="batches per timed run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--num-images", type=int, default=64, help="train images per size")
-    parser.add_argument(
-        "--build-default", action="store_true", help="also time the default 3000/300 128 px build"
-    )
+    parser.add_argument("--num-images", type=int, default=30, help="images per data set")
     args = parser.parse_args()
 
     print("command:", "python -m benchmarks.bench_pipeline " + shlex.join(sys.argv[1:]))
     print("machine:", common.machine())
-    with tempfile.TemporaryDirectory() as data_dir:
-        if args.build_default:
-            seconds = _time_build(os.path.join(data_dir, "default"), 128, 3000, 300)
-            print(f"default synthetic_scenes (3000 + 300 images, 128 px): built in {seconds:.1f} s")
-        for size in args.sizes:
-            cfg = data_config()
-            cfg.data_dir = os.path.join(data_dir, str(size))
-            cfg.synthetic.image_size = size
-            cfg.synthetic.num_train = args.num_images
-            cfg.synthetic.num_validation = 1
-            cfg.crop_size = (size, size)
-            build = _time_build(cfg.data_dir, size, args.num_images, 1)
-            iterator = pipeline.make_train_iterator(cfg, global_batch_size=args.batch, seed=0)
-            next(iterator)  # warm-up: tracing, thread pools, first reads
-            rates = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                for _ in range(args.batches):
-                    next(iterator)
-                rates.append(args.batches * args.batch / (time.perf_counter() - start))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.recipes:
+            config, context = _recipe(name, tmp, args.num_images)
+            loading.open_split(config.data, config.data.train_split, key="benchmark")
+            for workers in args.workers:
+                rates = _loader_rate(config, args.batch, workers, args.batches, args.repeats)
+                median, cores = statistics.median(rates), max(workers, 1)
+                common.emit(
+                    {"recipe": name, "workers": workers, "images_per_s": median,
+                     "images_per_s_per_core": median / cores, "min": min(rates),
+                     "max": max(rates)},
+                    f"{name}: host loading, {workers} worker(s): {median:.1f} images/s "
+                    f"({median / cores:.1f} per core; min {min(rates):.1f}, max {max(rates):.1f})",
+                )  # fmt: skip
+            step_batch = config.batch_size
+            ms = _augment_ms(config, context, step_batch)
+            crop = tuple(config.data.crop_size)
             common.emit(
-                {
-                    "size": size,
-                    "batch": args.batch,
-                    "images_per_s": statistics.median(rates),
-                    "images_per_s_min": min(rates),
-                    "images_per_s_max": max(rates),
-                    "peak_mem_mb": common.peak_rss_mb(),
-                },
-                f"{size}x{size}: {statistics.median(rates):.1f} images/s "
-                f"(median of {args.repeats}; min {min(rates):.1f}, max {max(rates):.1f}; "
-                f"batch {args.batch}; {args.num_images} images built in {build:.1f} s; "
-                f"peak RSS {common.peak_rss_mb():.0f} MB)",
+                {"recipe": name, "augment_ms_per_batch": ms, "batch": step_batch, "crop": crop},
+                f"{name}: device augmentation of a batch of {step_batch} ({crop[0]}x{crop[1]}): "
+                f"{ms:.1f} ms on {jax.devices()[0].platform}",
             )
 
 

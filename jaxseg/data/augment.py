@@ -324,6 +324,9 @@ def warp(example: Batch, params: dict[str, jax.Array], cfg: AugmentConfig) -> Ba
         weight = _gather(example["weight"], nearest_r, nearest_c).astype(jnp.float32)
         out["weight"] = jnp.where(inside, weight, 0.0)
     if max(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue) > 0:
+        # Materialise the resampled image once: otherwise XLA:CPU fuses the gathers into each
+        # consumer (the contrast mean and the pixels), recomputing them (5x slower here).
+        image = jax.lax.optimization_barrier(image)
         image = jitter(image, params, cfg, inside)
     image = (image - jnp.asarray(cfg.mean)) / jnp.asarray(cfg.std)
     out["image"] = jnp.where(inside[..., None], image, 0.0)

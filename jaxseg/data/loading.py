@@ -225,6 +225,8 @@ def _pad_to(array: np.ndarray, height: int, width: int, value, name: str, key: s
     h, w = array.shape[:2]
     if h > height or w > width:
         raise ValueError(f"{name} of shape {(h, w)} exceeds {key} ({height}, {width}); raise it")
+    if (h, w) == (height, width):
+        return array
     pad = [(0, height - h), (0, width - w)] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, pad, constant_values=value)
 
