@@ -81,7 +81,9 @@ def test_training_batches_carry_the_precomputed_weight_map_warped_with_the_slice
     spec = datasets.dataset_spec(plain)
     stored_maps = list((Path(builder.data_dir) / "weight_maps").glob("train-*.array_record"))
     assert [p.name for p in stored_maps] == ["train-w0_10-sigma_5.array_record"]
-    maps = weight_maps.open_weight_maps(plain, spec, source, "train", w0=10.0, sigma=5.0)
+    decoder = loading.Decoder(spec, source, "train")
+    label_of = lambda index: decoder(index)["label"]
+    maps = weight_maps.open_weight_maps(plain, spec, "train", label_of, len(source), w0=10, sigma=5)
     assert len(maps) == len(source)
 
     # The recipe as configured: augmented 56 px tiles with their weights.

@@ -303,7 +303,7 @@ def host_batches(
     local = _local_batch_size(global_batch_size, count)
     split = data_cfg.train_split
     spec, source = open_split(data_cfg, split, key="config.data.train_split", spec=spec)
-    weights = None
+    decoder, weights = Decoder(spec, source, split), None
     if data_cfg.weight_map:
         if spec.num_classes != 2:
             raise ValueError(
@@ -313,12 +313,12 @@ def host_batches(
         weights = weight_maps.open_weight_maps(
             data_cfg,
             spec,
-            source,
             split,
+            lambda index: decoder(index)["label"],
+            len(source),
             w0=data_cfg.weight_map_w0,
             sigma=data_cfg.weight_map_sigma,
         )
-    decoder = Decoder(spec, source, split)
     example = _TrainExample(
         decoder, weights, seed, local, global_batch_size, index,
         tuple(data_cfg.eval_pad_size), "config.data.eval_pad_size",

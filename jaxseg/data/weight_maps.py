@@ -10,6 +10,7 @@ with the example's sampling grid (`jaxseg.data.augment.warp`), nearest neighbour
 
 import os
 import re
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -55,26 +56,31 @@ def _path(data_cfg, spec, split: str, w0: float, sigma: float) -> str:
 def open_weight_maps(
     data_cfg: ml_collections.ConfigDict,
     spec: datasets.DatasetSpec,
-    source,
     split: str,
+    label_of: Callable[[int], np.ndarray],
+    count: int,
     *,
     w0: float,
     sigma: float,
 ) -> WeightMaps:
-    """The maps of every example of `source` (the opened `split`), computing them first if
-    this data set, split, w0 and sigma have none yet (process 0 of a job writes; the file is
-    written under a temporary name and renamed, so a killed build leaves nothing half-done)."""
-    from jaxseg.data.loading import Decoder  # loading imports this module
+    """The maps of the `count` examples of `split`, computing them first if this data set,
+    split, w0 and sigma have none yet (process 0 of a job writes; the file is written under a
+    temporary name and renamed, so a killed build leaves nothing half-done).
 
-    decoder = Decoder(spec, source, split)
+    Args:
+      data_cfg, spec: `config.data` and its DatasetSpec (where the data set lives).
+      split: the split as opened (tfds slicing allowed).
+      label_of: example index -> its decoded class-id label [H, W] (255 = ignore).
+      count: the split's number of examples.
+      w0, sigma: eq. 2's border weight and width.
+    """
     path = _path(data_cfg, spec, split, w0, sigma)
     if jax.process_index() == 0 and not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1,uncompressed")
-        for index in range(len(source)):
-            label = decoder(index)["label"]
-            weight = losses.binary_weight_map(label, w0=w0, sigma=sigma)
+        for index in range(count):
+            weight = losses.binary_weight_map(label_of(index), w0=w0, sigma=sigma)
             header = np.asarray(weight.shape, np.int32).tobytes()
             writer.write(header + np.ascontiguousarray(weight, np.float32).tobytes())
         writer.close()
@@ -82,9 +88,9 @@ def open_weight_maps(
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"jaxseg: weight maps of {split} written")
     maps = WeightMaps(path)
-    if len(maps) != len(source):
+    if len(maps) != count:
         raise ValueError(
-            f"{path} holds {len(maps)} weight maps but split {split!r} has {len(source)} "
+            f"{path} holds {len(maps)} weight maps but split {split!r} has {count} "
             "examples; delete it to have it recomputed"
         )
     return maps
