@@ -231,11 +231,6 @@ def source_grid(
     return rows, cols, inside
 
 
-def _gather(array: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
-    """array [H, W, ...] at integer (rows, cols) [h, w] -> [h, w, ...]."""
-    return array[rows, cols]
-
-
 def _sample(image: jax.Array, rows, cols, size: jax.Array, bicubic: bool) -> jax.Array:
     """image [H, W, C] (first `size` rows/cols real) at fractional (rows, cols) [h, w]; taps
     beyond the real image repeat its edge pixel."""
@@ -251,7 +246,7 @@ def _sample(image: jax.Array, rows, cols, size: jax.Array, bicubic: bool) -> jax
         r = jnp.clip(r0 + dr, 0, size[0] - 1)
         for b, dc in enumerate(offsets):
             c = jnp.clip(c0 + dc, 0, size[1] - 1)
-            out = out + (wr[a] * wc[b])[..., None] * _gather(image, r, c)
+            out = out + (wr[a] * wc[b])[..., None] * image[r, c]
     return out
 
 
@@ -318,10 +313,10 @@ def warp(example: Batch, params: dict[str, jax.Array], cfg: AugmentConfig) -> Ba
     image = _sample(image, rows, cols, size, cfg.bicubic)
     nearest_r = jnp.clip(jnp.round(rows).astype(jnp.int32), 0, size[0] - 1)
     nearest_c = jnp.clip(jnp.round(cols).astype(jnp.int32), 0, size[1] - 1)
-    label = _gather(example["label"], nearest_r, nearest_c).astype(jnp.int32)
+    label = example["label"][nearest_r, nearest_c].astype(jnp.int32)
     out = {"label": jnp.where(inside, label, IGNORE_ID)}
     if "weight" in example:
-        weight = _gather(example["weight"], nearest_r, nearest_c).astype(jnp.float32)
+        weight = example["weight"][nearest_r, nearest_c].astype(jnp.float32)
         out["weight"] = jnp.where(inside, weight, 0.0)
     if max(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue) > 0:
         # Materialise the resampled image once: otherwise XLA:CPU fuses the gathers into each
