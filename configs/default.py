@@ -70,6 +70,13 @@ def data_config() -> ml_collections.ConfigDict:
     # evaluation (native resolution, image 0 after normalisation) and as the source array of the
     # training augmentation; a larger example is an error naming it.
     data.eval_pad_size = (128, 128)
+    # Pad sizes per axis for training examples: eval_pad_size * k / pad_buckets (k = 1 ..
+    # pad_buckets, rounded up to 32 px). Each example goes to its smallest, nearby examples of
+    # the shuffled order are batched by size, and a batch takes its largest member's (one
+    # compilation of the augmentation per shape met). For data sets whose sizes vary a lot; 1 =
+    # every example padded to eval_pad_size. The examples' sizes are read once and stored beside
+    # the data set (jaxseg/data/precomputed.py).
+    data.pad_buckets = 1
     # Batches loaded, transferred and augmented ahead of the training step.
     data.prefetch_batches = 2
     # Loader worker processes (Grain) that read and decode examples; 0 = two threads of the

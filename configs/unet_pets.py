@@ -38,4 +38,5 @@ def get_config():
     d.crop_size = (256, 256)
     d.min_scale, d.max_scale = 0.5, 1.5
     d.eval_pad_size = (1024, 1024)  # Native resolution; pet images are below 1024 px a side.
+    d.pad_buckets = 4  # Most are near 500 x 375 px: training pads them to 512 x 512 or less.
     return config

@@ -2,6 +2,7 @@
 host, device and worker independence, exactly-once evaluation, no TensorFlow."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -255,3 +256,98 @@ def test_a_tfds_builder_that_needs_tensorflow_to_prepare_says_so(cfg):
     )
     with pytest.raises(ImportError, match=r"oxford_iiit_pet: .*TensorFlow to prepare.*tfds build"):
         loading._prepare(spec, cfg)
+
+
+# Bucketing (config.data.pad_buckets > 1): a folder of images of very different sizes.
+SIZES = [(20, 30), (40, 64), (64, 40), (64, 64), (33, 50), (16, 16)]
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """An image folder of 24 RGB images in six sizes up to 64 x 64, masks with classes 0-2."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("varied")
+    (root / "data" / "images").mkdir(parents=True)
+    (root / "data" / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        h, w = SIZES[i % len(SIZES)]
+        pixels = rng.integers(0, 256, (h, w, 3), np.uint8)
+        Image.fromarray(pixels).save(root / "data" / "images" / f"img{i:02d}.png")
+        Image.fromarray(rng.integers(0, 3, (h, w), np.uint8)).save(
+            root / "data" / "masks" / f"img{i:02d}.png"
+        )
+    cfg = data_config()
+    cfg.name = "image_folder"
+    cfg.data_dir = str(root / "tfds")
+    cfg.folder.root = str(root / "data")
+    cfg.folder.name = "varied"
+    cfg.folder.class_names = ("a", "b", "c")
+    cfg.crop_size = (16, 16)
+    cfg.eval_pad_size = (64, 64)
+    cfg.pad_buckets = 2  # 32 or 64 px per side
+    return cfg
+
+
+def test_pad_sizes_are_fractions_of_the_pad_size_rounded_up_to_32_px():
+    assert loading.pad_sizes((2048, 2048), 4) == ((512, 1024, 1536, 2048),) * 2
+    assert loading.pad_sizes((1024, 1000), 4) == ((256, 512, 768, 1024), (256, 512, 768, 1000))
+    assert loading.pad_sizes((128, 96), 1) == ((128,), (96,))
+    sizes = np.asarray([[20, 30], [33, 64], [64, 1], [65, 70]])
+    # The last is too large for the pad size: it keeps the pad size, and padding names it.
+    expected = [[32, 32], [64, 64], [64, 32], [64, 64]]
+    assert loading.bucket_shapes(sizes, (64, 64), 2).tolist() == expected
+    with pytest.raises(ValueError, match="config.data.pad_buckets"):
+        loading.pad_sizes((64, 64), 0)
+
+
+def _cropped(batch):
+    """{example bytes: count} of a host batch's examples cut back to their own sizes."""
+    out = []
+    for image, label, (h, w) in zip(batch["image"], batch["label"], batch["size"]):
+        assert (label[h:] == 255).all() and (label[:, w:] == 255).all()
+        assert (image[h:] == 0).all() and (image[:, w:] == 0).all()
+        out.append(image[:h, :w].tobytes() + label[:h, :w].tobytes())
+    return out
+
+
+def test_bucketed_batches_hold_the_same_examples_with_less_padding(varied):
+    """Over one bucketing window (16 batches), the bucketed stream holds exactly the examples of
+    the unbucketed one, each batch padded to its largest member's bucket, not to 64 x 64."""
+    plain = varied.copy_and_resolve_references()
+    plain.pad_buckets = 1
+    bucketed = _take(_host(varied, seed=7), 16)
+    unbucketed = _take(_host(plain, seed=7), 16)
+    examples = lambda batches: sorted(e for b in batches for e in _cropped(b))  # noqa: E731
+    assert examples(bucketed) == examples(unbucketed)
+    for batch in bucketed:
+        own = loading.bucket_shapes(batch["size"], (64, 64), 2)
+        assert batch["image"].shape[1:3] == tuple(own.max(axis=0))
+    area = lambda batches: sum(np.prod(b["label"].shape) for b in batches)  # noqa: E731
+    # A third of the examples fit 32 x 32: about a third of the batches are that small.
+    assert sum(b["label"].shape[1:] == (32, 32) for b in bucketed) >= 4
+    assert area(bucketed) < 0.8 * area(unbucketed)
+    # The sizes were read once and stored beside the data set, one row per example.
+    stored = list(Path(varied.data_dir).rglob("example_sizes/train.npy"))
+    assert len(stored) == 1 and np.load(stored[0]).shape == (24, 2)
+
+
+def test_bucketed_batches_resume_and_split_over_hosts_exactly(varied):
+    straight = _take(_host(varied, seed=3), 20)
+    resumed = _take(_host(varied, seed=3, start_step=17), 3)
+    hosts = [_take(_host(varied, seed=3, process_index=p, process_count=2), 20) for p in (0, 1)]
+    for step in range(20):
+        for key in straight[step]:
+            joined = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
+            np.testing.assert_array_equal(joined, straight[step][key])
+            if step >= 17:
+                np.testing.assert_array_equal(resumed[step - 17][key], straight[step][key])
+
+
+def test_bucketed_batches_are_augmented_to_the_crop_size(varied):
+    iterator = loading.make_train_iterator(varied, global_batch_size=8, seed=0)
+    for batch in _take(iterator, 4):
+        assert batch["image"].shape == (8, 16, 16, 3) and batch["label"].shape == (8, 16, 16)
+        assert set(np.unique(np.asarray(batch["label"]))) <= {0, 1, 2, 255}
+        assert np.isfinite(np.asarray(batch["image"])).all()

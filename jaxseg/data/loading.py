@@ -20,7 +20,8 @@ workers (each batch is a pure function of its index, so workers only change who 
 Loaded host batches (training): {"image": uint8 [L, H, W, C], "label": int32 [L, H, W] (255 =
 ignore, also in the padding), "size": int32 [L, 2] (each example's real height and width),
 "position": uint32 [L, 2] (global stream position: high, low word)} (+ "weight": float32
-[L, H, W], the precomputed eq. 2 map, 0 in the padding), (H, W) = `config.data.eval_pad_size`.
+[L, H, W], the precomputed eq. 2 map, 0 in the padding), (H, W) = `config.data.eval_pad_size`,
+or with `config.data.pad_buckets` > 1 the batch's size bucket (`_StreamOrder`).
 
 Evaluation reads each host's contiguous share of the split once, at native resolution, normalised
 and padded to `config.data.eval_pad_size` on the host (`pad_image`: 0 after normalisation), and
@@ -39,11 +40,13 @@ import tensorflow_datasets as tfds
 from absl import flags
 from jax.experimental import multihost_utils
 
-from jaxseg.data import augment, datasets, weight_maps
+from jaxseg.data import augment, datasets, precomputed, weight_maps
 from jaxseg.labels import IGNORE_ID
 
 Batch = dict[str, np.ndarray]
 _SHUFFLE_SALT = 0x5EED  # keeps shuffle draws apart from augmentation draws of the same seed
+_BUCKET_SALT = 0xB0C5  # and the batch order within a bucketing window apart from both
+_BUCKET_WINDOW = 16  # global batches whose examples are grouped by size (pad_buckets > 1)
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -231,33 +234,108 @@ def _pad_to(array: np.ndarray, height: int, width: int, value, name: str, key: s
     return np.pad(array, pad, constant_values=value)
 
 
+def pad_sizes(pad_size: Sequence[int], buckets: int) -> tuple[tuple[int, ...], ...]:
+    """Per axis, the sizes training examples are padded to: `pad * k / buckets` for k = 1 ..
+    `buckets`, rounded up to a multiple of 32 px (at most `pad`). One bucket: just `pad_size`."""
+    if int(buckets) < 1:
+        raise ValueError(f"config.data.pad_buckets must be >= 1, got {buckets}")
+    def ceil(a: int, b: int) -> int:
+        return -(-a // b)
+
+    return tuple(
+        tuple(sorted({min(n, ceil(ceil(n * k, buckets), 32) * 32) for k in range(1, buckets + 1)}))
+        for n in (int(v) for v in pad_size)
+    )
+
+
+class _StreamOrder:
+    """Global stream position -> example index, and global batch -> the shape it is padded to.
+
+    Without buckets, position s holds `permutation(seed, epoch)[s mod n]` (module docstring)
+    and every batch has the shape `config.data.eval_pad_size`. With `config.data.pad_buckets`
+    > 1, the examples of each window of `_BUCKET_WINDOW` consecutive global batches are those
+    same positions' examples, sorted by their bucket shape (stably) and cut into batches, whose
+    order is then shuffled (seeded by the window); a batch is padded to its largest member's
+    bucket. So a batch still is a pure function of (seed, step), every example still appears
+    once per epoch (up to the window that straddles two epochs), and the padding shrinks to
+    about each example's own bucket. Picklable (loader workers).
+    """
+
+    def __init__(self, seed, num_examples, global_batch, pad_size, shapes=None):
+        self.seed, self.num_examples, self.global_batch = seed, num_examples, global_batch
+        self.pad_size = tuple(int(v) for v in pad_size)
+        self.shapes = shapes  # int32 [n, 2] bucket shape per example, or None: no buckets
+        self._perms = ()  # ((epoch, permutation), ...): the last two drawn, replaced as one
+        self._window = (None, None, None)  # (window, examples, batch shapes), replaced as one
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        for drawn, order in self._perms:
+            if drawn == epoch:
+                return order
+        order = np.random.default_rng([self.seed, _SHUFFLE_SALT, epoch]).permutation(
+            self.num_examples
+        )
+        self._perms = (*self._perms[-1:], (epoch, order))
+        return order
+
+    def _shuffled(self, position: int) -> int:
+        epoch, slot = divmod(position, self.num_examples)
+        return int(self._permutation(epoch)[slot])
+
+    def _bucketed(self, window: int) -> tuple[np.ndarray, np.ndarray]:
+        drawn, examples, shapes = self._window
+        if drawn == window:
+            return examples, shapes
+        span = _BUCKET_WINDOW * self.global_batch
+        examples = np.asarray([self._shuffled(window * span + i) for i in range(span)])
+        own = self.shapes[examples]
+        examples = examples[np.lexsort((own[:, 1], own[:, 0]))]  # lexsort is stable
+        batches = examples.reshape(_BUCKET_WINDOW, self.global_batch)
+        rng = np.random.default_rng([self.seed, _BUCKET_SALT, window])
+        batches = batches[rng.permutation(_BUCKET_WINDOW)]
+        shapes = self.shapes[batches].max(axis=1)  # [window batches, 2]
+        self._window = (window, batches.reshape(-1), shapes)
+        return batches.reshape(-1), shapes
+
+    def example_of(self, position: int) -> int:
+        if self.shapes is None:
+            return self._shuffled(position)
+        window, offset = divmod(position, _BUCKET_WINDOW * self.global_batch)
+        return int(self._bucketed(window)[0][offset])
+
+    def batch_shape(self, step: int) -> tuple[int, int]:
+        if self.shapes is None:
+            return self.pad_size
+        window, batch = divmod(step, _BUCKET_WINDOW)
+        height, width = self._bucketed(window)[1][batch]
+        return int(height), int(width)
+
+
+def bucket_shapes(sizes: np.ndarray, pad_size: Sequence[int], buckets: int) -> np.ndarray:
+    """int32 [n, 2]: each example's (height, width) rounded up to its axis's smallest pad size
+    (`pad_sizes`); a side beyond `pad_size` keeps `pad_size` (padding then names the example)."""
+    out = np.empty_like(np.asarray(sizes, np.int32))
+    for axis, options in enumerate(pad_sizes(pad_size, buckets)):
+        options = np.asarray(options)
+        index = np.searchsorted(options, sizes[:, axis], side="left")
+        out[:, axis] = options[np.minimum(index, len(options) - 1)]
+    return out
+
+
 class _TrainExample:
     """Host-local counter -> one loaded training example (see the module docstring)."""
 
-    def __init__(self, decoder, weights, seed, local, global_batch, index, pad_size, key):
-        self.decoder, self.weights = decoder, weights
-        self.seed, self.local, self.global_batch, self.index = seed, local, global_batch, index
-        self.num_examples = len(decoder.source)
-        self.pad_size, self.key = pad_size, key
-        self._order = (None, None)  # (epoch, permutation), replaced as one (loader threads)
-
-    def example_of(self, position: int) -> int:
-        epoch, slot = divmod(position, self.num_examples)
-        drawn, order = self._order
-        if drawn != epoch:  # one permutation per epoch, drawn when the epoch is reached
-            order = np.random.default_rng([self.seed, _SHUFFLE_SALT, epoch]).permutation(
-                self.num_examples
-            )
-            self._order = (epoch, order)
-        return int(order[slot])
+    def __init__(self, decoder, weights, order, local, index, key):
+        self.decoder, self.weights, self.order = decoder, weights, order
+        self.local, self.index, self.key = local, index, key
 
     def __call__(self, counter: int) -> Batch:
         step, slot = divmod(int(counter), self.local)
-        position = step * self.global_batch + self.index * self.local + slot
-        example = self.example_of(position)
+        position = step * self.order.global_batch + self.index * self.local + slot
+        example = self.order.example_of(position)
         decoded = self.decoder(example)
         name = self.decoder.name(example)
-        height, width = self.pad_size
+        height, width = self.order.batch_shape(step)
         out = {
             "image": _pad_to(decoded["image"], height, width, 0, name, self.key),
             "label": _pad_to(decoded["label"], height, width, IGNORE_ID, name, self.key),
@@ -319,10 +397,15 @@ def host_batches(
             w0=data_cfg.weight_map_w0,
             sigma=data_cfg.weight_map_sigma,
         )
-    example = _TrainExample(
-        decoder, weights, seed, local, global_batch_size, index,
-        tuple(data_cfg.eval_pad_size), "config.data.eval_pad_size",
-    )  # fmt: skip
+    pad_size, buckets = tuple(data_cfg.eval_pad_size), data_cfg.pad_buckets
+    shapes = None
+    if pad_sizes(pad_size, buckets) != tuple((n,) for n in pad_size):
+        sizes = precomputed.example_sizes(
+            data_cfg, spec, split, lambda index: decoder(index)["label"].shape, len(source)
+        )
+        shapes = bucket_shapes(sizes, pad_size, buckets)
+    order = _StreamOrder(seed, len(source), global_batch_size, pad_size, shapes)
+    example = _TrainExample(decoder, weights, order, local, index, "config.data.eval_pad_size")
     start = start_step * local
     dataset = (
         grain.MapDataset.range(start, start + local * 2**40)

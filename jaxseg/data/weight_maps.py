@@ -3,23 +3,19 @@
 "We pre-compute the weight map for each ground truth segmentation" (Ronneberger et al. 2015,
 sec. 3): the map of every example of a split is computed once, with
 `jaxseg.losses.binary_weight_map`, when the split is first trained on, and stored beside the data
-set's own files (one ArrayRecord file per split, w0 and sigma, index-aligned with the split's
-examples). Training then reads it like the example itself, and the device augmentation warps it
-with the example's sampling grid (`jaxseg.data.augment.warp`), nearest neighbour like the label.
+set's own files (`jaxseg.data.precomputed`: one ArrayRecord file per split, w0 and sigma,
+index-aligned with the split's examples). Training then reads it like the example itself, and the
+device augmentation warps it with the example's sampling grid (`jaxseg.data.augment.warp`), nearest neighbour like the label.
 """
 
-import os
-import re
 from collections.abc import Callable
 
-import jax
 import ml_collections
 import numpy as np
 from array_record.python import array_record_data_source, array_record_module
-from jax.experimental import multihost_utils
 
 from jaxseg import losses
-from jaxseg.data import datasets
+from jaxseg.data import datasets, precomputed
 
 
 class WeightMaps:
@@ -45,14 +41,6 @@ class WeightMaps:
         return np.frombuffer(record[8:], np.float32).reshape(height, width)
 
 
-def _path(data_cfg, spec, split: str, w0: float, sigma: float) -> str:
-    builder = spec.make_builder(data_cfg)
-    slug = re.sub(r"[^A-Za-z0-9_.%-]+", "_", split)
-    return os.path.join(
-        os.fspath(builder.data_dir), "weight_maps", f"{slug}-w0_{w0:g}-sigma_{sigma:g}.array_record"
-    )
-
-
 def open_weight_maps(
     data_cfg: ml_collections.ConfigDict,
     spec: datasets.DatasetSpec,
@@ -74,19 +62,18 @@ def open_weight_maps(
       count: the split's number of examples.
       w0, sigma: eq. 2's border weight and width.
     """
-    path = _path(data_cfg, spec, split, w0, sigma)
-    if jax.process_index() == 0 and not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
+    name = f"{split}-w0_{w0:g}-sigma_{sigma:g}.array_record"
+    path = precomputed.path_beside(data_cfg, spec, "weight_maps", name)
+
+    def write(tmp: str) -> None:
         writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1,uncompressed")
         for index in range(count):
             weight = losses.binary_weight_map(label_of(index), w0=w0, sigma=sigma)
             header = np.asarray(weight.shape, np.int32).tobytes()
             writer.write(header + np.ascontiguousarray(weight, np.float32).tobytes())
         writer.close()
-        os.replace(tmp, path)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"jaxseg: weight maps of {split} written")
+
+    precomputed.computed_once(path, write, f"weight maps of {split}")
     maps = WeightMaps(path)
     if len(maps) != count:
         raise ValueError(
