@@ -5,8 +5,9 @@ Used by predict.py and `jaxseg.load`. Images are decoded by `jaxseg.data.images.
 decoder that built the training data (16-bit images by the run's recorded
 `config.data.folder.intensity_range`), scaled to [0, 1] and normalised exactly like the input
 pipeline (`(x - config.data.mean) / config.data.std`), so a file gives the model the same pixels
-here as in training and eval. Files that cannot be read are skipped and listed at the end, unless
-`strict`. Images are then segmented by one of `jaxseg.inference`'s modes with its test-time
+here as in training and eval. Files are read by the data loader's threads
+(`loading.read_in_order`), a few batches ahead of the devices. Files that cannot be read are
+skipped and listed at the end, unless `strict`. Images are then segmented by one of `jaxseg.inference`'s modes with its test-time
 augmentation (default: the run's `config.eval`) through `jaxseg.tiled_inference`, which keeps
 images and logits on the host and sends only batches of tiles to the devices, so memory on the
 device stays bounded for any image.
@@ -22,6 +23,7 @@ predict.py sees exactly the borders that training and evaluation saw. An image w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import math
 import os
@@ -306,17 +308,20 @@ def _image_hw(path: str) -> tuple[int, int] | None:
         return None  # read_image reports it, naming the file.
 
 
-def _batches(
-    predictor: Predictor, paths: Sequence[str], settings: tiled_inference.InferenceSettings
+def batch_plan(
+    shapes: Sequence[tuple[int, int] | None],
+    settings: tiled_inference.InferenceSettings,
+    predictor: Predictor,
 ) -> list[list[int]]:
-    """Indices of `paths` in batches that run together: files of one bucket shape, up to the
-    engine's batch size, in whole_image mode; one file at a time in the tiled modes."""
+    """The one rule for which images run together: indices of `shapes` ((H, W) per image, None
+    if unknown) in batches of one bucket shape, up to the engine's batch size, in whole_image
+    mode; an image alone in the tiled modes, above the engine's `max_tile`, or of unknown size.
+    Used by predict.py (`predict_files`) and the notebook API (`Segmenter.predict`)."""
     if settings.mode != "whole_image":
-        return [[i] for i in range(len(paths))]
+        return [[i] for i in range(len(shapes))]
     groups: dict = {}
     limit = predictor.engine.max_tile
-    for i, path in enumerate(paths):
-        hw = _image_hw(path)
+    for i, hw in enumerate(shapes):
         key = None if hw is None else bucket_shape(*hw, predictor.bucket)
         if key is None or (limit and max(key) > limit):
             key = ("alone", i)  # tiled (or unreadable): on its own
@@ -415,6 +420,18 @@ def check_outputs(paths: Sequence[str], output_dir: str, names: Sequence[str], f
         )
 
 
+def _read_batch(paths, channels, intensity_range, batch: list[int]) -> list:
+    """The images of `paths[i]` for i in `batch` (`read_image`), or the ValueError naming a file
+    that cannot be read (predict_files skips it, or raises it when strict)."""
+    out = []
+    for i in batch:
+        try:
+            out.append(read_image(paths[i], channels, intensity_range))
+        except ValueError as e:
+            out.append(e)
+    return out
+
+
 def predict_files(
     predictor: Predictor,
     paths: Sequence[str],
@@ -451,19 +468,19 @@ def predict_files(
     logging.info("predict: %s, %d images", settings, len(paths))
     # tqdm shows images/s and the ETA; it advances by a whole batch at a time.
     with tqdm.tqdm(total=len(paths), desc="predict", unit="img") as bar:
-        for batch in _batches(predictor, paths, settings):
+        plan = batch_plan([_image_hw(p) for p in paths], settings, predictor)
+        read = functools.partial(_read_batch, paths, predictor.channels, predictor.intensity_range)
+        for batch, loaded in zip(plan, loading.read_in_order(plan, read), strict=True):
             readable, images = [], []
-            for i in batch:
-                try:
-                    images.append(
-                        read_image(paths[i], predictor.channels, predictor.intensity_range)
-                    )
-                    readable.append(i)
-                except ValueError as e:
+            for i, image in zip(batch, loaded, strict=True):
+                if isinstance(image, ValueError):
                     if strict:
-                        raise
-                    logging.warning("Skipping %s", e)
-                    skipped.append((paths[i], str(e)))
+                        raise image
+                    logging.warning("Skipping %s", image)
+                    skipped.append((paths[i], str(image)))
+                else:
+                    images.append(image)
+                    readable.append(i)
             results = segment_batch(
                 predictor,
                 images,

@@ -111,24 +111,17 @@ class Segmenter:
         ]
         results = [None] * len(units)
         with_variance = return_probs and len(settings.augmentations) > 1
-        # Batch images of one bucket shape together, as predict.py does.
-        groups: dict = {}
-        for i, x in enumerate(units):
-            key = prediction.bucket_shape(*x.shape[:2], self.predictor.bucket)
-            groups.setdefault(key if settings.mode == "whole_image" else i, []).append(i)
-        size = self.predictor.engine.whole.batch_size
-        for members in groups.values():
-            for j in range(0, len(members), size):
-                chunk = members[j : j + size]
-                out = prediction.segment_batch(
-                    self.predictor,
-                    [units[i] for i in chunk],
-                    settings,
-                    with_probs=return_probs,
-                    with_variance=with_variance,
-                )
-                for i, r in zip(chunk, out, strict=True):
-                    results[i] = r if return_probs else r.labels
+        shapes = [x.shape[:2] for x in units]
+        for chunk in prediction.batch_plan(shapes, settings, self.predictor):
+            out = prediction.segment_batch(
+                self.predictor,
+                [units[i] for i in chunk],
+                settings,
+                with_probs=return_probs,
+                with_variance=with_variance,
+            )
+            for i, r in zip(chunk, out, strict=True):
+                results[i] = r if return_probs else r.labels
         if single:
             return results[0]
         return np.stack(results) if is_array_batch and not return_probs else results

@@ -30,7 +30,7 @@ same-shaped batches (one compilation).
 """
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import jax
@@ -559,6 +559,14 @@ def make_eval_iterator(
         .to_iter_dataset(_read_options(data_cfg))
     )
     return EvalBatches(dataset, num_batches, num_examples)
+
+
+def read_in_order(items: Sequence, read: Callable, *, threads: int = 2, ahead: int = 4) -> Iterator:
+    """`read(item)` for each of `items`, in order, computed by `threads` loader threads up to
+    `ahead` items in advance: how predict.py reads the user's files (not a data set) with the
+    loader that reads training and evaluation examples."""
+    options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)
+    return iter(grain.MapDataset.source(list(items)).map(read).to_iter_dataset(options))
 
 
 def to_global(batch: Batch, sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
