@@ -7,10 +7,10 @@ decoder that built the training data (16-bit images by the run's recorded
 pipeline (`(x - config.data.mean) / config.data.std`), so a file gives the model the same pixels
 here as in training and eval. Files are read by the data loader's threads
 (`loading.read_in_order`), a few batches ahead of the devices. Files that cannot be read are
-skipped and listed at the end, unless `strict`. Images are then segmented by one of `jaxseg.inference`'s modes with its test-time
-augmentation (default: the run's `config.eval`) through `jaxseg.tiled_inference`, which keeps
-images and logits on the host and sends only batches of tiles to the devices, so memory on the
-device stays bounded for any image.
+skipped and listed at the end, unless `strict`. Images are then segmented by one of
+`jaxseg.inference`'s modes with its test-time augmentation (default: the run's `config.eval`)
+through `jaxseg.tiled_inference`, which keeps images and logits on the host and sends only
+batches of tiles to the devices, so memory on the device stays bounded for any image.
 
 whole_image mode: each image is padded up to a multiple of `BUCKET` px per side, so a folder of
 photos of many sizes compiles once per bucket shape rather than once per image, and files of one

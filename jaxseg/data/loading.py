@@ -239,6 +239,7 @@ def pad_sizes(pad_size: Sequence[int], buckets: int) -> tuple[tuple[int, ...], .
     `buckets`, rounded up to a multiple of 32 px (at most `pad`). One bucket: just `pad_size`."""
     if int(buckets) < 1:
         raise ValueError(f"config.data.pad_buckets must be >= 1, got {buckets}")
+
     def ceil(a: int, b: int) -> int:
         return -(-a // b)
 
