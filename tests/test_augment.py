@@ -11,8 +11,7 @@ import pytest
 import scipy.ndimage
 
 from configs.default import data_config
-from jaxseg import losses
-from jaxseg.data import augment, loading
+from jaxseg.data import augment, loading, weight_maps
 from jaxseg.labels import IGNORE_ID as IGNORE
 from jaxseg.models import build_model, input_context, output_size
 
@@ -229,7 +228,7 @@ def _weighted(label, sigma=5.0) -> dict:
         "image": np.zeros((*label.shape, 3), np.float32),
         "label": label,
         "size": np.array(label.shape, np.int32),
-        "weight": losses.binary_weight_map(label, sigma=sigma),
+        "weight": weight_maps.binary_weight_map(label, sigma=sigma),
     }
 
 
@@ -239,7 +238,7 @@ def test_warped_weight_map_equals_the_map_of_the_warped_label_under_a_flip():
     out = _warp(_weighted(label), _identity_params(_FLIP_CFG, flip=True), _FLIP_CFG)
     warped = np.asarray(out["label"])
     np.testing.assert_array_equal(warped, label[:, ::-1])
-    np.testing.assert_array_equal(out["weight"], losses.binary_weight_map(warped))
+    np.testing.assert_array_equal(out["weight"], weight_maps.binary_weight_map(warped))
 
 
 def test_warped_weight_map_equals_the_map_of_the_warped_label_under_an_integer_shift():
@@ -250,7 +249,7 @@ def test_warped_weight_map_equals_the_map_of_the_warped_label_under_an_integer_s
     # The cells moved whole; the band mirrored in is background: class counts are unchanged.
     np.testing.assert_array_equal(np.bincount(warped.ravel()), np.bincount(label.ravel()))
     np.testing.assert_array_equal(warped[6:-6, 6:-6], np.roll(label, shift, (0, 1))[6:-6, 6:-6])
-    want = losses.binary_weight_map(warped, sigma=sigma)
+    want = weight_maps.binary_weight_map(warped, sigma=sigma)
     edge = int(3 * sigma)
     interior = np.zeros_like(warped, bool)
     interior[edge:-edge, edge:-edge] = True

@@ -76,7 +76,7 @@ def test_training_batches_carry_the_precomputed_weight_map_warped_with_the_slice
         centre = label[20:-20, 20:-20]
         assert any(np.array_equal(centre, s) for s in stored)
         np.testing.assert_array_equal(label, np.pad(centre, 20, mode="reflect"))
-        want = np.pad(losses.binary_weight_map(centre), 20, mode="reflect")
+        want = np.pad(weight_maps.binary_weight_map(centre), 20, mode="reflect")
         np.testing.assert_array_equal(weight, want)
     spec = datasets.dataset_spec(plain)
     stored_maps = list((Path(builder.data_dir) / "weight_maps").glob("train-*.array_record"))
