@@ -9,12 +9,13 @@ run continues with exactly the batches and parameters an uninterrupted one would
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -27,9 +28,8 @@ from jaxseg import (
     checkpointing,
     evaluation,
     logs,
-    losses,
     metric_writers,
-    metrics,
+    objective,
     optim,
     preemption,
     run_info,
@@ -39,12 +39,14 @@ from jaxseg import (
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, loading
 from jaxseg.models import build_model, input_context
-from jaxseg.models.layers import center_crop
 from jaxseg.train_state import TrainState
 
 
 def _loss_fn(params, batch_stats, micro, dropout_rng, *, model, loss_cfg, num_classes):
-    """Returns (weighted loss sum, (normaliser, new batch_stats, logits-derived stats))."""
+    """The model's forward pass and `objective.segmentation_loss`; differentiated by train_step.
+
+    Returns (loss sum, (counts, new batch_stats)).
+    """
     variables = {"params": params}
     mutable = []
     if batch_stats:
@@ -53,30 +55,11 @@ def _loss_fn(params, batch_stats, micro, dropout_rng, *, model, loss_cfg, num_cl
     logits, updates = model.apply(
         variables, micro["image"], train=True, rngs={"dropout": dropout_rng}, mutable=mutable
     )
-    # A valid-convolution U-Net predicts the centre of its input: score the labels there.
-    out_hw = [model.output_size(s) for s in micro["label"].shape[1:3]]
-    labels = center_crop(micro["label"][..., None], *out_hw)[..., 0]
-    weights = micro.get("weight")
-    if weights is not None:
-        weights = center_crop(weights[..., None], *out_hw)[..., 0]
-    class_weights = jnp.asarray(loss_cfg.class_weights) if loss_cfg.class_weights else None
-    ce, norm = losses.cross_entropy(
-        logits,
-        labels,
-        class_weights=class_weights,
-        pixel_weights=weights,
-        valid=micro.get("valid"),
-        normalize=loss_cfg.normalize,
+    total, counts = objective.segmentation_loss(
+        logits, micro, model=model, loss_cfg=loss_cfg, num_classes=num_classes
     )
-    total = ce * norm
-    if loss_cfg.dice_weight:
-        dice = losses.dice_loss(logits, labels, valid=micro.get("valid"))
-        total = total + loss_cfg.dice_weight * dice * norm
-    scored_mask = metrics.pixel_mask(labels, num_classes, micro.get("valid"))
-    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & scored_mask)
-    scored = jnp.sum(scored_mask)
     new_stats = updates.get("batch_stats", batch_stats) if mutable else batch_stats
-    return total, (norm, new_stats, correct, scored)
+    return total, (counts, new_stats)
 
 
 def train_step(
@@ -116,34 +99,32 @@ def train_step(
     micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(b // k, k, *x.shape[1:]), 1, 0), batch)
 
     def accumulate(carry, inputs):
-        grads, batch_stats, total, norm, correct, scored = carry
+        grads, batch_stats, total, counts = carry
         i, mb = inputs
-        (t, (n, batch_stats, c, s)), g = grad_fn(
+        (t, (c, batch_stats)), g = grad_fn(
             state.params, batch_stats, mb, jax.random.fold_in(step_rng, i)
         )
         grads = jax.tree.map(jnp.add, grads, g)
-        return (grads, batch_stats, total + t, norm + n, correct + c, scored + s), None
+        return (grads, batch_stats, total + t, jax.tree.map(jnp.add, counts, c)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     f0, i0 = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-    init = (zeros, state.batch_stats, f0, f0, i0, i0)
+    init = (zeros, state.batch_stats, f0, {"norm": f0, "correct": i0, "scored": i0})
     if k == 1:
         carry, _ = accumulate(init, (0, jax.tree.map(lambda x: x[0], micro)))
     else:
         carry, _ = jax.lax.scan(accumulate, init, (jnp.arange(k), micro))
-    grads, batch_stats, total, norm, correct, scored = carry
-    norm = jnp.maximum(norm, 1e-12)  # A batch with nothing scored gives a zero, finite step.
-    grads = jax.tree.map(lambda g: g / norm, grads)
+    grads, batch_stats, total, counts = carry
+    # A batch with nothing scored gives a zero, finite step.
+    counts["norm"] = jnp.maximum(counts["norm"], 1e-12)
+    grads = jax.tree.map(lambda g: g / counts["norm"], grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
-    metrics = {
-        "loss": total / norm,
-        "pixel_accuracy": correct / jnp.maximum(scored, 1),
-        "grad_norm": optax.global_norm(grads),
-    }
+    metrics = objective.train_metrics(total, counts)
+    metrics["grad_norm"] = optax.global_norm(grads)
     return new_state, metrics
 
 
@@ -299,10 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             total=total_steps, initial=start_step, disable=not primary, dynamic_ncols=True
         )
         cleanup.callback(bar.close)
-        eval_metrics, state = _train_loop(
-            config, state, start_step, p_train_step, train_iter, batch_sharding, evaluator,
-            writer, ckpt, bar, schedule,
-        )  # fmt: skip
+        trainer = Trainer(config, p_train_step, train_iter, evaluator, writer, ckpt, bar, schedule)
+        eval_metrics, state = trainer.run(state, start_step)
     if eval_metrics and int(jax.device_get(state.step)) == total_steps:
         path = evaluation.write_report(
             workdir,
@@ -324,64 +303,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return eval_metrics
 
 
-def _train_loop(
-    config, state, start_step, p_train_step, train_iter, batch_sharding, evaluator, writer, ckpt,
-    bar, schedule,
-):  # fmt: skip
-    """for step in range(start_step, total_steps): step, log, evaluate, checkpoint, stop early.
+@dataclasses.dataclass
+class Trainer:
+    """The training loop and what it needs, built once by `train_and_evaluate`.
 
-    Returns (the last evaluation's metrics, the final state).
+    `run` reads like the algorithm: for each step, train; log every `log_every_steps`;
+    evaluate every `eval_every_steps`; checkpoint periodically, after each evaluation and when
+    asked to stop (SIGTERM / preemption, `max_steps_per_run`).
     """
-    total_steps = config.total_steps
-    eval_metrics, last_log, t_log, compile_logged = {}, start_step, time.time(), False
-    clip = config.optim.grad_clip_norm
-    with preemption.PreemptionWatcher() as watcher:
-        for step in range(start_step, total_steps):
-            batch = next(train_iter)
-            if not compile_logged:
-                t0 = time.time()
-            state, train_metrics = p_train_step(state, batch)
-            if not compile_logged:
-                jax.block_until_ready(train_metrics)
-                logging.info("First train step (compile + run): %.1f s", time.time() - t0)
-                compile_logged, t_log, last_log = True, time.time(), step + 1
-            done = step + 1
-            if done % config.log_every_steps == 0 or done == total_steps:
-                scalars = _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
-                if done > last_log:  # Not on the first (compiling) step alone.
-                    elapsed = time.time() - t_log
-                    scalars["images_per_sec"] = (done - last_log) * config.batch_size / elapsed
-                scalars["learning_rate"] = float(schedule(step))
-                writer.write(done, scalars, "train")
-                bar.set_postfix(
-                    loss=f"{scalars['loss']:.4f}", img_s=f"{scalars.get('images_per_sec', 0.0):.1f}"
-                )
-                last_log, t_log = done, time.time()
-                # Steps are dispatched asynchronously; only a log step knows they have finished.
-                bar.update(done - bar.n)
-            metrics_for_ckpt = None
-            if done % config.eval_every_steps == 0 or done == total_steps:
-                eval_metrics = evaluator.evaluate(state)
-                writer.write(done, _scalar_metrics(eval_metrics), "eval")
-                writer.write_image(done, "predictions", evaluator.prediction_grid(state))
-                logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
-                metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
-            stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
-            periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
-            if stop or periodic or metrics_for_ckpt is not None:
-                _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
-                ckpt.save(done, state, metrics=metrics_for_ckpt)
-                # Evaluation and checkpoint time is not training throughput.
-                last_log, t_log = done, time.time()
-            if stop and done < total_steps:
-                logging.warning(
-                    "Stopping early (preemption or max_steps_per_run) at step %d; exit status "
-                    "%d; rerun the same command to resume.",
-                    done,
-                    EXIT_STOPPED_EARLY,
-                )
-                break
-    return eval_metrics, state
+
+    config: ml_collections.ConfigDict
+    train_step: Callable  # jitted (state, batch) -> (state, metrics), `make_train_step`
+    batches: Iterator  # augmented global batches from the start step on
+    evaluator: evaluation.Evaluator
+    writer: metric_writers.MetricWriter
+    ckpt: checkpointing.Checkpointer
+    bar: tqdm.tqdm
+    schedule: optax.Schedule
+    # Throughput bookkeeping: the step and time of the last log (or of the last eval / save,
+    # which are not training throughput).
+    _last_log: int = 0
+    _t_log: float = 0.0
+
+    def run(self, state: TrainState, start_step: int) -> tuple[dict, TrainState]:
+        """Trains from `start_step` to `config.total_steps` or an early stop.
+
+        Returns (the last evaluation's metrics, the final state).
+        """
+        config, total_steps = self.config, self.config.total_steps
+        eval_metrics = {}
+        self._last_log, self._t_log = start_step, time.time()
+        with preemption.PreemptionWatcher() as watcher:
+            for step in range(start_step, total_steps):
+                state, train_metrics = self._step(state, step, first=step == start_step)
+                done = step + 1
+                if done % config.log_every_steps == 0 or done == total_steps:
+                    self._log(done, train_metrics)
+                metrics_for_ckpt = None
+                if done % config.eval_every_steps == 0 or done == total_steps:
+                    eval_metrics = self._evaluate(done, state)
+                    metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
+                stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
+                periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
+                if stop or periodic or metrics_for_ckpt is not None:
+                    self._save(done, state, train_metrics, metrics_for_ckpt)
+                if stop and done < total_steps:
+                    logging.warning(
+                        "Stopping early (preemption or max_steps_per_run) at step %d; exit "
+                        "status %d; rerun the same command to resume.",
+                        done,
+                        EXIT_STOPPED_EARLY,
+                    )
+                    break
+        return eval_metrics, state
+
+    def _step(self, state: TrainState, step: int, *, first: bool):
+        batch = next(self.batches)
+        if not first:
+            return self.train_step(state, batch)
+        t0 = time.time()
+        state, train_metrics = self.train_step(state, batch)
+        jax.block_until_ready(train_metrics)
+        logging.info("First train step (compile + run): %.1f s", time.time() - t0)
+        self._last_log, self._t_log = step + 1, time.time()
+        return state, train_metrics
+
+    def _log(self, done: int, train_metrics: dict) -> None:
+        clip = self.config.optim.grad_clip_norm
+        scalars = _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
+        if done > self._last_log:  # Not on the first (compiling) step alone.
+            elapsed = time.time() - self._t_log
+            scalars["images_per_sec"] = (done - self._last_log) * self.config.batch_size / elapsed
+        scalars["learning_rate"] = float(self.schedule(done - 1))
+        self.writer.write(done, scalars, "train")
+        self.bar.set_postfix(
+            loss=f"{scalars['loss']:.4f}", img_s=f"{scalars.get('images_per_sec', 0.0):.1f}"
+        )
+        self._last_log, self._t_log = done, time.time()
+        # Steps are dispatched asynchronously; only a log step knows they have finished.
+        self.bar.update(done - self.bar.n)
+
+    def _evaluate(self, done: int, state: TrainState) -> dict:
+        eval_metrics = self.evaluator.evaluate(state)
+        self.writer.write(done, _scalar_metrics(eval_metrics), "eval")
+        self.writer.write_image(done, "predictions", self.evaluator.prediction_grid(state))
+        logging.info("Step %d eval: mIoU %.4f", done, eval_metrics["mean_iou"])
+        return eval_metrics
+
+    def _save(self, done: int, state: TrainState, train_metrics: dict, metrics) -> None:
+        clip = self.config.optim.grad_clip_norm
+        _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
+        self.ckpt.save(done, state, metrics=metrics)
+        # Evaluation and checkpoint time is not training throughput.
+        self._last_log, self._t_log = done, time.time()
 
 
 def _close_quietly(ckpt: checkpointing.Checkpointer) -> None:
