@@ -24,7 +24,7 @@ class PreemptionWatcher:
           for step in range(start, total_steps):
               ...
               if watcher.should_stop(step):
-                  ckpt.save(step, state, extra, force=True)
+                  ckpt.save(step + 1, state)
                   break
 
     Single process: a SIGTERM handler sets a flag; no collective is ever run. The previous

@@ -8,9 +8,9 @@ outputs and gradients, to the straightforward flax/lax formulation.
 
 bfloat16 on CPUs with bf16 dot instructions (AVX512_BF16 / AMX): XLA:CPU runs bf16 convolutions
 and bf16 -> bf16 matmuls without them, but a bf16 x bf16 `dot_general` with
-`preferred_element_type=float32` uses them (measured: BENCHMARKS.md, "JAX vs PyTorch, side by
-side (host C ...)"). `matmul` and `ShiftedMatmulConv` use that form in the forward pass and, through
-a custom VJP, in both backward products; `conv` picks them on the CPU backend only.
+`preferred_element_type=float32` uses them (BENCHMARKS.md). `matmul` and `ShiftedMatmulConv` use
+that form in the forward pass and, through a custom VJP, in both backward products; `conv` picks
+them on the CPU backend only.
 """
 
 from __future__ import annotations
@@ -258,8 +258,7 @@ _shifted_matmul_conv.defvjp(_shifted_matmul_conv_fwd, _shifted_matmul_conv_bwd)
 # Smallest input channel count for which the shifted matmuls beat XLA:CPU's bf16 convolution:
 # below it copying the nine shifted views costs more than the faster bf16 products save (the
 # copies grow with N*H*W*C, the products' advantage with C). Measured with
-# benchmarks/bench_conv_forms.py and ab_train_step.py; figures in BENCHMARKS.md, "What bounds
-# it (host C, idle, 2026-12-02)".
+# benchmarks/bench_conv_forms.py; the figures are in BENCHMARKS.md.
 SHIFTED_MATMUL_MIN_CHANNELS = 256
 
 

@@ -424,11 +424,6 @@ def read_image(path: str, page: int, channels: int, intensity_range=()) -> np.nd
     return images.decode(path, channels=channels, page=page, intensity_range=intensity_range)
 
 
-def read_mask(path: str, page: int, cfg: SegmentationFolderConfig) -> np.ndarray:
-    """Reads one mask page as uint8 class ids [H, W] (255 = ignore), checking every id."""
-    return _read_mask_ids(path, page, cfg)[0]
-
-
 def _read_mask_ids(path: str, page: int, cfg: SegmentationFolderConfig):
     """(uint8 class ids [H, W], whether a raw 255 was left as ignore without being mapped)."""
     try:
