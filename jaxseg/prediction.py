@@ -299,15 +299,6 @@ def save_probabilities(
     raise ValueError(f"--save_probs must be one of {PROBABILITY_FORMATS}, got {fmt!r}")
 
 
-def _image_hw(path: str) -> tuple[int, int] | None:
-    """(H, W) from the file header without decoding, or None if PIL cannot tell."""
-    try:
-        with Image.open(path) as img:
-            return img.size[1], img.size[0]
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return None  # read_image reports it, naming the file.
-
-
 def batch_plan(
     shapes: Sequence[tuple[int, int] | None],
     settings: tiled_inference.InferenceSettings,
@@ -468,7 +459,7 @@ def predict_files(
     logging.info("predict: %s, %d images", settings, len(paths))
     # tqdm shows images/s and the ETA; it advances by a whole batch at a time.
     with tqdm.tqdm(total=len(paths), desc="predict", unit="img") as bar:
-        plan = batch_plan([_image_hw(p) for p in paths], settings, predictor)
+        plan = batch_plan([image_decoding.upright_size(p) for p in paths], settings, predictor)
         read = functools.partial(_read_batch, paths, predictor.channels, predictor.intensity_range)
         for batch, loaded in zip(plan, loading.read_in_order(plan, read), strict=True):
             readable, images = [], []

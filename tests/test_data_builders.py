@@ -412,3 +412,43 @@ def test_non_utf8_file_name_is_named(tmp_path):
         f.write(b"x")
     with pytest.raises(ValueError, match=r"file name b'caf\\xe9\.png' is not valid UTF-8"):
         _prepare(_folder_cfg(tmp_path))
+
+
+def _phone_photo(path, upright: np.ndarray) -> None:
+    """Writes `upright` (uint8 [H, W]) as a JPEG the way a phone held upright stores it: the
+    sensor's landscape pixels (the upright view turned 90 degrees anticlockwise) and EXIF
+    Orientation 6 ("rotate 90 degrees clockwise to view")."""
+    stored = Image.fromarray(np.rot90(upright, 1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, format="JPEG", quality=100, subsampling=0, exif=exif)
+
+
+def test_phone_photos_are_read_upright_everywhere(tmp_path):
+    """An EXIF Orientation 6 JPEG (12 x 10 stored, 10 x 12 shown) whose mask was drawn on the
+    upright view: the builder, the shared decoder and predict's batch planning all see the
+    upright 10 x 12 image, and its mask lies on the same pixels."""
+    from jaxseg.data import images
+
+    upright = np.zeros((10, 12), np.uint8)
+    upright[2:6, 3:9] = 250  # a bright object where the mask says class 1
+    mask = np.where(upright > 0, 1, 0).astype(np.uint8)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir(parents=True)
+    photo = tmp_path / "data" / "images" / "phone.jpg"
+    _phone_photo(photo, upright)
+    Image.fromarray(mask).save(tmp_path / "data" / "masks" / "phone.png")
+    with Image.open(photo) as raw:
+        assert raw.size == (10, 12)  # stored sideways: 10 wide, 12 high
+
+    assert images.upright_size(str(photo)) == (10, 12)
+    decoded = images.decode(str(photo), channels=1)[..., 0]
+    assert decoded.shape == (10, 12)
+    assert (decoded[mask == 1] > 200).all() and (decoded[mask == 0] < 50).all()
+
+    cfg = _folder_cfg(tmp_path)
+    _, count, examples = loading.decoded_examples(cfg, "train", key="test")
+    (example,) = list(examples)
+    assert count == 1 and example["label"].shape == (10, 12)
+    np.testing.assert_array_equal(example["label"], mask)
+    assert (example["image"][..., 0][mask == 1] > 200).all()

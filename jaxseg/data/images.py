@@ -16,18 +16,44 @@ the min and max over all 16-bit pages of the folder, found once while building, 
 the built data set, and train.py writes them into the run's config.json, where eval.py and
 predict.py read them. Data sets without a recorded range (the built-in ones) use the full
 16-bit range (0, 65535). 8-bit images are converted to the requested channels by PIL.
+
+Orientation: a file's EXIF / TIFF Orientation tag is applied (`upright`), so a phone photo gives
+the pixels a viewer shows, the view its mask was drawn on. Masks (`image_folder`) and the sizes
+predict.py plans its batches by (`upright_size`) follow the same rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 FULL_16BIT_RANGE = (0.0, 65535.0)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # PIL raises SyntaxError for some corrupt headers (e.g. broken PNG chunks), EOFError for
 # truncated frames.
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError)
+
+
+_ORIENTATION = 0x0112  # the EXIF / TIFF tag; values 5-8 turn the image by 90 degrees
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """`img` as a viewer shows it: its EXIF / TIFF Orientation applied (`img` itself if none)."""
+    return ImageOps.exif_transpose(img) or img
+
+
+def upright_size(path: str) -> tuple[int, int] | None:
+    """(height, width) of `path` as a viewer shows it (Orientation applied), from the header
+    only; None if PIL cannot tell (`decode` then names the file)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(_ORIENTATION) in _QUARTER_TURNS:
+                width, height = height, width
+    except _READ_ERRORS:
+        return None
+    return height, width
 
 
 def is_wide(img: Image.Image) -> bool:
@@ -76,6 +102,7 @@ def decode(path: str, *, channels: int, page: int = 0, intensity_range=None) -> 
     try:
         with Image.open(path) as img:
             img.seek(page)
+            img = upright(img)
             if is_wide(img):
                 array = scale_wide(np.asarray(img), intensity_range)
                 array = np.repeat(array[..., None], channels, -1)

@@ -429,6 +429,7 @@ def _read_mask_ids(path: str, page: int, cfg: SegmentationFolderConfig):
     try:
         with Image.open(path) as img:
             img.seek(page)
+            img = images.upright(img)  # a mask with an Orientation tag is drawn as shown
             mode = img.mode
             raw = np.asarray(img.convert("RGB") if cfg.mask_format == "palette" else img)
     except (OSError, ValueError, EOFError) as e:
