@@ -159,7 +159,7 @@ EXIT_STOPPED_EARLY = 75
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     """train.py's one call: trains, then returns the exit status.
 
-    EXIT_FINISHED (0) once the run's latest checkpoint is at `config.total_steps`;
+    EXIT_FINISHED (0) once the run's latest checkpoint is at (or past) `config.total_steps`;
     EXIT_STOPPED_EARLY (75) when it stopped before (SIGTERM / preemption, max_steps_per_run)
     with a checkpoint to resume from. Failures raise (Python's exit status 1).
     """
@@ -179,7 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     train_and_evaluate(config, workdir)
     with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
         latest = ckpt.latest_step()
-    return EXIT_FINISHED if latest == config.total_steps else EXIT_STOPPED_EARLY
+    return EXIT_FINISHED if latest >= config.total_steps else EXIT_STOPPED_EARLY
 
 
 def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -255,6 +255,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             fresh = jit_init(jax.random.key(config.seed))
             state = train_state.initial_weights(config, fresh, abstract)
         start_step = int(jax.device_get(state.step))
+        if start_step > total_steps:
+            # A finished run whose total_steps was lowered afterwards: nothing to train, and
+            # not "stopped early" (a scheduler requeueing on exit status 75 would loop).
+            logging.warning(
+                "The latest checkpoint in %s is at step %d, past config.total_steps = %d: the "
+                "run is finished; nothing was trained or changed. To evaluate that checkpoint "
+                "run eval.py; to train it further raise config.total_steps.",
+                workdir,
+                start_step,
+                total_steps,
+            )
+            return {}
 
         p_train_step = make_train_step(config, model, tx, mesh, state_sharding)
         batch_sharding = sharding.batch_sharding(mesh)

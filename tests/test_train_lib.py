@@ -161,3 +161,21 @@ def test_start_up_validation_names_the_key_and_the_device_count():
         config[key] = value
         with pytest.raises(ValueError, match=message):
             train_lib.validate_config(config, mesh)
+
+
+def test_lowering_total_steps_below_a_finished_run_exits_finished_and_changes_nothing(
+    smoke_run, tmp_path
+):
+    """A finished 6-step run rerun with total_steps = 4: exit 0 (not 75, which a requeueing
+    scheduler would repeat forever), and the run's files are left exactly as they were."""
+    workdir = tmp_path / "run"
+    shutil.copytree(smoke_run, workdir)
+    before = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    config = smoke.get_config()
+    config.data.data_dir = workdir_lib.read_config(str(workdir)).data.data_dir
+    config.total_steps = 4
+    assert train_lib.run(config, str(workdir)) == train_lib.EXIT_FINISHED == 0
+    after = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    changed = [p for p in before if after.get(p) != before[p]]
+    # train.log is the only file this invocation may write (its own log lines).
+    assert [p.name for p in changed] in ([], ["train.log"]), changed
