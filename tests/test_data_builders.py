@@ -452,3 +452,33 @@ def test_phone_photos_are_read_upright_everywhere(tmp_path):
     assert count == 1 and example["label"].shape == (10, 12)
     np.testing.assert_array_equal(example["label"], mask)
     assert (example["image"][..., 0][mask == 1] > 200).all()
+
+
+def test_jpeg_masks_are_refused_saying_why(tmp_path):
+    _write_folder(tmp_path, {"a": _mask(1), "b": _mask(2)})
+    masks = tmp_path / "data" / "masks"
+    Image.open(masks / "a.png").save(masks / "a.jpg", format="JPEG")
+    (masks / "a.png").unlink()
+    with pytest.raises(ValueError, match="JPEG masks are not accepted") as error:
+        loading.open_split(_folder_cfg(tmp_path), "train", key="test")
+    assert str(masks / "a.jpg") in str(error.value) and "lossy" in str(error.value)
+
+
+def test_broken_links_are_named_and_links_out_of_the_folder_are_recorded(tmp_path):
+    _write_folder(tmp_path, {"a": _mask(1), "b": _mask(2)})
+    images = tmp_path / "data" / "images"
+    # b's image lives elsewhere (users link their data in): followed, and recorded.
+    outside = tmp_path / "elsewhere" / "b.png"
+    outside.parent.mkdir()
+    (images / "b.png").rename(outside)
+    (images / "b.png").symlink_to(outside)
+    cfg = _folder_cfg(tmp_path)
+    spec, _ = loading.open_split(cfg, "train", key="test")
+    builder = spec.make_builder(cfg)
+    assert builder.info.metadata["links"] == {os.path.join("images", "b.png"): str(outside)}
+    # A link whose target is gone is named as such, not a bare FileNotFoundError.
+    (images / "c.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "data" / "masks" / "c.png").write_bytes((images / "b.png").read_bytes())
+    with pytest.raises(ValueError, match="broken symbolic link") as error:
+        loading.open_split(cfg, "train", key="test")
+    assert str(images / "c.png") in str(error.value)

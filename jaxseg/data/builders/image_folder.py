@@ -188,6 +188,28 @@ def _checked_id_options(folder_cfg, num_classes: int) -> tuple[tuple, tuple]:
     return ignore_ids, id_map
 
 
+def _check_link(path: str) -> None:
+    """A symbolic link is followed (users link their data in), unless its target is missing."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(
+            f"{path} is a broken symbolic link (to {os.readlink(path)!r}, which does not "
+            "exist); fix or remove it"
+        )
+
+
+def linked_files(pairs: list[tuple[str, str, str, int]], root: str) -> dict[str, str]:
+    """{path relative to root: resolved path} of the paired files that are symbolic links
+    leading out of `root`, recorded in the build's metadata (what the data set was built from)."""
+    inside = os.path.realpath(root)
+    out = {}
+    for _, image, mask, _ in pairs:
+        for path in (image, mask):
+            target = os.path.realpath(path)
+            if os.path.islink(path) and os.path.commonpath([inside, target]) != inside:
+                out[os.path.relpath(path, root)] = target
+    return out
+
+
 def _fingerprint(options: dict) -> str:
     """sha256 over the options and every file's name, size and mtime (no file is read)."""
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
@@ -198,6 +220,7 @@ def _fingerprint(options: dict) -> str:
             continue  # pair_files names the missing directory when the build needs it.
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
+                _check_link(entry.path)
                 stat = entry.stat()
                 digest.update(os.fsencode(entry.name) + b"\0")
                 digest.update(f"{stat.st_size} {stat.st_mtime_ns}\n".encode())
@@ -228,7 +251,8 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                     "file_name": tfds.features.Text(),
                 }
             ),
-            # {"intensity_range": [low, high] or [], "root": ..., "fingerprint": ...}
+            # {"intensity_range": [low, high] or [], "root": ..., "fingerprint": ..., "links":
+            # {relative path: resolved path} of symbolic links out of the root}
             metadata=tfds.core.MetadataDict(),
         )
 
@@ -242,7 +266,10 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
         pairs = pair_files(cfg)
         self._range = tuple(cfg.intensity_range) or folder_intensity_range(pairs)
         self.info.metadata.update(
-            intensity_range=list(self._range), root=cfg.root, fingerprint=cfg.fingerprint
+            intensity_range=list(self._range),
+            root=cfg.root,
+            fingerprint=cfg.fingerprint,
+            links=linked_files(pairs, cfg.root),
         )
         return {
             split: self._generate_examples(items)
@@ -341,6 +368,22 @@ def _files_by_stem(directory: str, suffixes: tuple[str, ...]) -> dict[str, str]:
     return by_stem
 
 
+def _check_unaccepted_mask(directory: str, stem: str) -> None:
+    """Names a mask that exists for `stem` in a format masks may not have."""
+    for name in sorted(os.listdir(directory)):
+        base, suffix = os.path.splitext(name)
+        if base != stem or suffix.lower() in MASK_SUFFIXES:
+            continue
+        path = os.path.join(directory, name)
+        if suffix.lower() in (".jpg", ".jpeg"):
+            raise ValueError(
+                f"{path}: JPEG masks are not accepted: JPEG's lossy compression changes pixel "
+                "values around every edge, so the class ids there would be wrong. Save the "
+                f"masks losslessly as {' / '.join(MASK_SUFFIXES)}"
+            )
+        raise ValueError(f"{path}: masks must be {' / '.join(MASK_SUFFIXES)} files, not {suffix}")
+
+
 def _page_count(path: str) -> int:
     try:
         with Image.open(path) as img:
@@ -360,6 +403,8 @@ def pair_files(cfg: SegmentationFolderConfig) -> list[tuple[str, str, str, int]]
     unpaired = sorted(set(images) ^ set(masks))
     if unpaired:
         stem = unpaired[0]
+        if stem in images:
+            _check_unaccepted_mask(os.path.join(cfg.root, cfg.mask_dir), stem)
         have = images.get(stem) or masks.get(stem)
         lacking = "mask" if stem in images else "image"
         raise ValueError(
