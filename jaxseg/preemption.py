@@ -3,10 +3,14 @@
 Schedulers announce preemption with SIGTERM and a grace period. The train loop asks
 `PreemptionWatcher.should_stop(step)` after every step; a True answer makes it checkpoint and
 exit with status 75 (see `train_lib.EXIT_STOPPED_EARLY`), so a requeued job resumes there.
+Outside the loop (the first data-set build, compiling, the final evaluation) `sigterm_raises`
+turns SIGTERM into an `Interrupted` exception, so the same status comes after a clean unwind.
 """
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -93,3 +97,31 @@ class PreemptionWatcher:
             return False
         flags = multihost_utils.process_allgather(np.int32(self._received))
         return bool(np.any(flags))
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived outside the training loop (building the data set, compiling, the final
+    evaluation): the work in progress was abandoned through the normal error path, so temporary
+    files were removed (tfds deletes its `incomplete.*` build directory) and the last checkpoint
+    is intact. train.py exits 75: rerunning the same command resumes."""
+
+
+@contextlib.contextmanager
+def sigterm_raises(what: str = "outside the training loop") -> Iterator[None]:
+    """Within the block, SIGTERM raises `Interrupted` in the main thread instead of ending the
+    process at once (status 143, no cleanup). `PreemptionWatcher`, entered inside it, takes the
+    signal over for the training loop and hands it back. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        del frame
+        raise Interrupted(f"received signal {signum} {what}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+

@@ -161,7 +161,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
 
     EXIT_FINISHED (0) once the run's latest checkpoint is at (or past) `config.total_steps`;
     EXIT_STOPPED_EARLY (75) when it stopped before (SIGTERM / preemption, max_steps_per_run)
-    with a checkpoint to resume from. Failures raise (Python's exit status 1).
+    with a checkpoint to resume from, or SIGTERM came before training (e.g. while the data set
+    was being built, which is then removed, not left half-done). Failures raise (Python's exit
+    status 1).
     """
     log_file = None
     if not workdir_lib.is_remote(workdir):
@@ -176,7 +178,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         os.path.join(workdir, workdir_lib.CONFIG_FILENAME),
         log_file or "(none: remote workdir)",
     )
-    train_and_evaluate(config, workdir)
+    try:
+        with preemption.sigterm_raises():
+            train_and_evaluate(config, workdir)
+    except preemption.Interrupted as e:
+        logging.warning(
+            "Stopped: %s; nothing half-written was kept. Exit status %d: rerun the same command "
+            "to resume.",
+            e,
+            EXIT_STOPPED_EARLY,
+        )
+        return EXIT_STOPPED_EARLY
     with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
         latest = ckpt.latest_step()
     return EXIT_FINISHED if latest >= config.total_steps else EXIT_STOPPED_EARLY

@@ -62,3 +62,41 @@ def test_preemption_watcher_multiprocess_agreement(monkeypatch):
     with preemption.PreemptionWatcher() as watcher:
         assert signal.getsignal(signal.SIGTERM) is before
         assert [watcher.should_stop(s) for s in (6, 7)] == [False, True]
+
+
+def test_sigterm_during_the_first_data_set_build_unwinds_and_leaves_no_partial_build(tmp_path):
+    """SIGTERM while tfds writes the data set: `Interrupted` (train.py exits 75 on it), tfds
+    removes its incomplete build directory, the handler before is back; the rerun builds."""
+    import threading
+
+    import pytest
+
+    from configs.default import data_config
+    from jaxseg.data import loading
+
+    cfg = data_config()
+    cfg.data_dir = str(tmp_path / "tfds")
+    cfg.synthetic.image_size = 16
+    cfg.synthetic.num_train = 20_000  # some seconds of generating: time to be interrupted
+    cfg.synthetic.num_validation = 4
+
+    def building():
+        return any("incomplete" in p.name for p in tmp_path.rglob("*"))
+
+    def interrupt_when_building():
+        if _wait_for(building, timeout_s=60.0):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=interrupt_when_building)
+    killer.start()
+    with pytest.raises(preemption.Interrupted, match="signal 15"):
+        with preemption.sigterm_raises():
+            loading.open_split(cfg, "train", key="test")
+            time.sleep(60)  # not reached unless the signal missed the build
+    killer.join()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not building(), sorted(p.name for p in tmp_path.rglob("*incomplete*"))
+    cfg.synthetic.num_train = 8  # the rerun (smaller, to be quick) builds normally
+    _, source = loading.open_split(cfg, "train", key="test")
+    assert len(source) == 8
