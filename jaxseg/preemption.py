@@ -124,4 +124,3 @@ def sigterm_raises(what: str = "outside the training loop") -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
