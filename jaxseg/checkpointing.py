@@ -24,10 +24,13 @@ flipped byte makes `restore` raise `CorruptCheckpointError` naming the step, the
 and the cause. Checkpoints written before checksums existed restore unverified.
 """
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import math
 import re
+import shutil
 import signal
 import threading
 from collections.abc import Mapping
@@ -167,6 +170,7 @@ class Checkpointer:
             return False
         if metrics is not None:
             metrics = self._checked_metrics(step, metrics)
+        self._check_free_space(step, state)
         # Ctrl-C inside orbax's synchronous part would leave a save that can never finish;
         # deferred to just after it, the train loop's cleanup then waits for the write.
         with _sigint_deferred():
@@ -181,6 +185,23 @@ class Checkpointer:
                 ),
                 metrics=metrics,
                 force=True,
+            )
+
+    def _check_free_space(self, step: int, state: Any) -> None:
+        """Refuses to start a save the local disk cannot hold (a full disk would otherwise
+        surface later, in orbax's background thread, naming no path)."""
+        if workdir_lib.is_remote(self.directory):
+            return
+        needed = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed * 1.05 + 2**20:  # the arrays, plus metadata and some slack
+            latest = self.latest_step()
+            raise OSError(
+                errno.ENOSPC,
+                f"no room to save checkpoint {step} in {self.directory}: it needs about "
+                f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Free some space "
+                "(or point --workdir elsewhere) and rerun the same command"
+                + (f"; checkpoint {latest} is intact" if latest is not None else ""),
             )
 
     def _checked_metrics(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -377,12 +398,28 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def wait_until_finished(self) -> None:
-        """Blocks until the pending asynchronous save (and old-step deletion) is on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until the pending asynchronous save (and old-step deletion) is on disk.
+
+        Raises:
+          OSError naming the checkpoint directory if the background write failed.
+        """
+        with self._naming_the_directory():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's resources."""
-        self._manager.close()
+        """Waits for pending saves and releases orbax's resources (raises like
+        `wait_until_finished`)."""
+        with self._naming_the_directory():
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _naming_the_directory(self):
+        try:
+            yield
+        except OSError as e:
+            raise OSError(
+                e.errno, f"writing checkpoints in {self.directory} failed: {e.strerror or e}"
+            ) from e
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -255,9 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lock = workdir_lib.TrainLock(workdir) if primary else contextlib.nullcontext()
     with lock, contextlib.ExitStack() as cleanup:
         ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint_keep)
-        # On every exit path (exception, NaN, Ctrl-C) wait for the in-flight save: a finished
-        # save of a finite state is good data, an abandoned one is lost.
-        cleanup.callback(_close_quietly, ckpt)
+        cleanup.enter_context(_saves_finished(ckpt))
         # The order of jaxseg.train_state's docstring: 1. resume, else 2. init_from (onto a
         # fresh init), else 3. the fresh init.
         state = ckpt.restore_latest_intact(abstract)
@@ -420,6 +418,20 @@ class Trainer:
         self.ckpt.save(done, state, metrics=metrics)
         # Evaluation and checkpoint time is not training throughput.
         self._last_log, self._t_log = done, time.time()
+
+
+@contextlib.contextmanager
+def _saves_finished(ckpt: checkpointing.Checkpointer) -> Iterator[None]:
+    """On every exit path (exception, NaN, Ctrl-C) waits for the in-flight save: a finished
+    save of a finite state is good data, an abandoned one is lost. A save that failed (a full
+    disk) raises, naming the directory, unless an error is already on its way out (then it is
+    logged, not masking that error): the run must not go on to report a step it did not keep."""
+    try:
+        yield
+    except BaseException:
+        _close_quietly(ckpt)
+        raise
+    ckpt.close()
 
 
 def _close_quietly(ckpt: checkpointing.Checkpointer) -> None:

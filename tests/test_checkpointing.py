@@ -369,3 +369,33 @@ def test_checkpoints_of_the_previous_format_restore_and_resume(tmp_path, mesh):
         assert ckpt.save(8, ranked, metrics={"miou": 0.7})
         ckpt.wait_until_finished()
         assert (ckpt.all_steps(), ckpt.best_step()) == ([6, 8], 8)
+
+
+def test_a_save_the_disk_cannot_hold_fails_at_once_naming_the_path(tmp_path, mesh, monkeypatch):
+    """A full disk: the save is refused before anything is written, naming the checkpoint
+    directory, the space needed and the intact checkpoint, instead of failing later in orbax's
+    background thread with a path-less OSError."""
+    state = make_state(4)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.save(1, state)
+        ckpt.wait_until_finished()
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda _: usage._replace(free=1000))
+        with pytest.raises(OSError, match="no room to save checkpoint 2") as error:
+            ckpt.save(2, state)
+    message = str(error.value)
+    assert str(tmp_path / "checkpoints") in message and "checkpoint 1 is intact" in message
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+
+
+def test_a_failed_background_write_raises_naming_the_directory(tmp_path, monkeypatch):
+    ckpt = checkpointing.Checkpointer(tmp_path)
+
+    def failing():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt._manager, "wait_until_finished", failing)
+    with pytest.raises(OSError, match="writing checkpoints in .*checkpoints failed: No space"):
+        ckpt.wait_until_finished()
+    monkeypatch.undo()
+    ckpt.close()
