@@ -6,7 +6,7 @@ scratch directory, on 2 fake CPU devices:
 - "straight" runs through once: the oracle.
 - "interrupted" gets SIGTERM once its second run has finished, then the same command again.
 Same config + seed in both sweeps must give identical confusion matrices (reproducibility).
-They share the e2e tests' tfds and XLA caches (test_train_e2e.shared_dir), so only the first run
+They share the e2e tests' tfds and XLA caches (conftest.shared_dir), so only the first run
 of each variant compiles.
 """
 
@@ -26,14 +26,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, child_env, shared_dir
 from PIL import Image
-from test_train_e2e import child_env, shared_dir
 
 from jaxseg import run_info, sweeps
 from jaxseg.models import build_model
 from jaxseg.sweeps import spec
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE_SWEEP = str(REPO / "configs" / "sweeps" / "smoke.py")
 RUN_NAMES = ["transpose-seed0", "bilinear-seed0", "transpose-seed1", "bilinear-seed1"]
 METRICS = sweeps.METRICS

@@ -198,7 +198,7 @@ def child_env(plan_: Plan) -> dict[str, str]:
     """train.py's environment: ours, plus a persistent XLA compilation cache for the sweep.
 
     Runs that differ only in seed compile identical programs; the cache turns every repeat's
-    compilation into a load (what the tests do, tests/test_train_e2e.py). An existing
+    compilation into a load (what the tests do, tests/conftest.py). An existing
     JAX_COMPILATION_CACHE_DIR is kept.
     """
     env = dict(os.environ)
