@@ -8,7 +8,7 @@ r"""Runs an ablation sweep (variants x seeds of one config) and tabulates it: fl
 
 Rerunning the same command skips finished runs and resumes unfinished ones; Ctrl-C or SIGTERM
 checkpoints the current run and stops. Results: <workdir>/results.{md,csv}, curves.png, bars.png.
-See jaxseg/sweeps.py for the sweep file format.
+See jaxseg/sweeps/spec.py for the sweep file format.
 """
 
 import sys

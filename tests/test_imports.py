@@ -65,6 +65,9 @@ def test_no_import_circle_in_the_package():
     # The state layer sits below training, evaluation and prediction, not beside them.
     assert "jaxseg.train_lib" not in graph["jaxseg.evaluation"] | graph["jaxseg.prediction"]
     assert "jaxseg.train_state" in graph["jaxseg.evaluation"]
+    # Sweeps sit outside the library core: no other jaxseg module imports them.
+    core = [m for m in graph if m.split(".")[:2] != ["jaxseg", "sweeps"]]
+    assert not [(m, d) for m in core for d in graph[m] if d.startswith("jaxseg.sweeps")]
 
 
 @pytest.mark.parametrize("tensorflow", ["installed or not", "not installed"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train_e2e import (  # The e2e module's subprocess helpers and shared caches.
+from conftest import (  # The end-to-end subprocess helpers and shared caches.
     HALF,
     RUN_TIMEOUT_S,
     TOTAL_STEPS,

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tensorflow_blocker
+from conftest import REPO, child_env, shared_dir, tensorflow_blocker
 from PIL import Image
-from test_train_e2e import REPO, child_env, shared_dir
 
 from jaxseg import train_lib
 

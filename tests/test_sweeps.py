@@ -1,4 +1,4 @@
-"""sweep.py end to end and jaxseg/sweeps.py: plans, validation, SLURM script, results, resumption.
+"""sweep.py end to end and jaxseg/sweeps/: plans, validation, SLURM script, results, resumption.
 
 Two sweeps of configs/sweeps/smoke.py (two variants x two seeds, four runs each) run as a user
 runs them, `python sweep.py --sweep ... --workdir runs/<x>` with a relative workdir, from a
@@ -6,7 +6,7 @@ scratch directory, on 2 fake CPU devices:
 - "straight" runs through once: the oracle.
 - "interrupted" gets SIGTERM once its second run has finished, then the same command again.
 Same config + seed in both sweeps must give identical confusion matrices (reproducibility).
-They share the e2e tests' tfds and XLA caches (test_train_e2e.shared_dir), so only the first run
+They share the e2e tests' tfds and XLA caches (conftest.shared_dir), so only the first run
 of each variant compiles.
 """
 
@@ -26,13 +26,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, child_env, shared_dir
 from PIL import Image
-from test_train_e2e import child_env, shared_dir
 
 from jaxseg import run_info, sweeps
 from jaxseg.models import build_model
+from jaxseg.sweeps import spec
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE_SWEEP = str(REPO / "configs" / "sweeps" / "smoke.py")
 RUN_NAMES = ["transpose-seed0", "bilinear-seed0", "transpose-seed1", "bilinear-seed1"]
 METRICS = sweeps.METRICS
@@ -74,6 +74,34 @@ def test_plan_order_and_names_are_deterministic_and_commands_match(tmp_path, cap
         ]
         parsed = sweeps.load_config(str(REPO / argv[3]), argv[6:])
         assert parsed.to_dict() == run.config.to_dict()
+
+
+def test_sweep_and_base_config_load_by_path_without_editing_sys_path(tmp_path):
+    """configs/smoke.py does `from configs import default`. A caller outside the repository,
+    whose `import configs` finds nothing, still plans the smoke sweep: the same runs as here,
+    the repository's configs package, and sys.path as the caller left it."""
+    script = f"""
+import importlib.util, json, sys
+from jaxseg import sweeps
+# What a user with jaxseg installed and no checkout on sys.path has.
+sys.path[:] = [p for p in sys.path if p not in ({str(REPO)!r}, "")]
+assert importlib.util.find_spec("configs") is None, "configs importable: the test proves nothing"
+before = list(sys.path)
+plan = sweeps.plan({SMOKE_SWEEP!r}, "runs/smoke")
+assert sys.path == before, (before, sys.path)
+print(json.dumps({{"configs": sys.modules["configs"].__file__,
+                  "runs": [[r.name, r.flags, r.config.to_dict()] for r in plan.runs]}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    child = json.loads(proc.stdout.splitlines()[-1])
+    assert child["configs"] == str(REPO / "configs" / "__init__.py")
+    here = sweeps.plan(SMOKE_SWEEP, "runs/smoke")
+    want = [[r.name, r.flags, r.config.to_dict()] for r in here.runs]
+    assert child["runs"] == json.loads(json.dumps(want))  # Tuples as JSON lists, both sides.
 
 
 def test_misspelt_override_fails_before_any_run_naming_variant_and_key(tmp_path):
@@ -189,7 +217,7 @@ def test_every_shipped_sweep_variant_plans_and_builds(file, variant, tmp_path):
         for key, value in overrides.items():
             if isinstance(value, sweeps.RunDir):
                 value = os.path.join(str(tmp_path), f"{value.variant}-seed{run.seed}")
-            got = sweeps._get(run.config, key)
+            got = spec._get(run.config, key)
             assert (list(got) if isinstance(got, tuple) else got) == (
                 list(value) if isinstance(value, tuple) else value
             ), key
