@@ -9,7 +9,7 @@ pixel-mean loss, poly schedule, random scale 0.5-2 and 512 x 1024 crops, batch 8
 reports 65.3 class IoU on Cityscapes test for FCN-8s, a figure to measure against.
 """
 
-from configs import default, fcn_voc_common
+from configs import base, fcn_voc_common
 from jaxseg.models import pretrained
 
 
@@ -33,7 +33,7 @@ def get_config():
     o.warmup_steps = 1_000
 
     d = config.data
-    defaults = default.get_config().data
+    defaults = base.get_config().data  # Its photometric jitter, which the VOC recipe turns off.
     d.name = "cityscapes"
     d.train_split = "train"
     d.eval_split = "validation"

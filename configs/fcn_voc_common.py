@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import default
+from configs import base
 from jaxseg.models import pretrained
 
 # Caffe's preprocessing, which the ImageNet VGG16 weights expect: 0..255 pixels minus the
@@ -17,7 +17,7 @@ def fcn_config(variant: str, *, normalized_loss: bool = False) -> ml_collections
     the loss averaged over pixels: the gradient is ~1/(pixels per image) smaller (VOC images are
     ~500 x 375 = 1.9e5 px), so the learning rate is scaled up by that factor (1e-10 -> ~2e-5).
     """
-    config = default.get_config()
+    config = base.get_config()
     config.total_steps = 100_000  # The release's max_iter for each stage.
     config.log_every_steps = 100
     config.eval_every_steps = 4_000  # The release scored seg11valid every 4000 iterations.
@@ -25,19 +25,10 @@ def fcn_config(variant: str, *, normalized_loss: bool = False) -> ml_collections
     config.batch_size = 1  # One whole image per step, as in the release.
     config.eval_batch_size = 8
 
-    config.model = ml_collections.ConfigDict()
+    # The release's network is base.py's FCN: reference alignment (pad 100 + published crop
+    # offsets), fixed bilinear deconvolutions, dropout 0.5.
     config.model.name = variant
     config.model.num_classes = 21
-    config.model.alignment = "reference"  # pad 100 + published crop offsets
-    # The release keeps every bilinear deconvolution fixed (lr_mult 0).
-    config.model.learnable_upsampling = False
-    config.model.at_once = False  # True: the "at-once" FCN-8s (pool4 x 0.01, pool3 x 1e-4).
-    config.model.dropout_rate = 0.5
-    # Not the synthetic-scenes recipe's loss and evaluation (configs/default.py).
-    config.loss.class_weights = ()
-    config.loss.dice_weight = 0.0
-    config.eval.flip = False
-    config.model.dtype = "float32"
 
     config.loss.normalize = normalized_loss
 

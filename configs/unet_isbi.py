@@ -37,11 +37,11 @@ Differences from the paper, stated plainly:
   centre at sigma = 10 px.
 """
 
-from configs import default
+from configs import base
 
 
 def get_config():
-    config = default.get_config()
+    config = base.get_config()
     config.total_steps = 20_000
     config.log_every_steps = 50
     config.eval_every_steps = 1_000
@@ -55,11 +55,8 @@ def get_config():
     config.model.depth = 4
     config.model.use_batchnorm = False
     config.model.upsampling = "transpose"
-    config.model.dropout_rate = 0.5
-
-    config.loss.class_weights = ()  # w_c is part of the weight map (data.weight_map).
-    config.loss.dice_weight = 0.0  # The paper's loss: weighted cross-entropy only.
-    config.eval.flip = False
+    # Dropout 0.5, base.py's (the authors' release); the paper's loss is base.py's too: weighted
+    # cross-entropy only, no class weights (w_c is part of the weight map, data.weight_map).
 
     o = config.optim
     o.optimizer = "sgd"

@@ -8,11 +8,11 @@ should reach roughly 0.75 after 20k steps at batch 32 (a practical recipe, not a
 not yet measured by us).
 """
 
-from configs import default
+from configs import base
 
 
 def get_config():
-    config = default.get_config()
+    config = base.get_config()
     config.total_steps = 20_000
     config.log_every_steps = 100
     config.eval_every_steps = 2_000
@@ -24,10 +24,6 @@ def get_config():
     config.model.base_width = 32
     config.model.depth = 4
     config.model.dropout_rate = 0.1
-    # Not the synthetic-scenes recipe's loss and evaluation (configs/default.py).
-    config.loss.class_weights = ()
-    config.loss.dice_weight = 0.0
-    config.eval.flip = False
 
     config.optim.learning_rate = 1e-3
     config.optim.warmup_steps = 500

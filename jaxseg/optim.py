@@ -21,7 +21,7 @@ The update for one step is, in order (see `make_optimizer`):
 
 Weight decay never touches biases or normalisation parameters (`decay_mask`).
 
-Config fields read (all under `config.optim`; defaults live in `configs/default.py`):
+Config fields read (all under `config.optim`; defaults live in `configs/base.py`):
   optimizer: "sgd" | "adamw".      learning_rate: peak (base) learning rate, float.
   momentum, nesterov: SGD only.     b1, b2, eps: AdamW only.
   weight_decay: float, 0 = off.     weight_decay_mode: "coupled" | "decoupled".

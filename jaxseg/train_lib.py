@@ -26,6 +26,7 @@ import tqdm
 
 from jaxseg import (
     checkpointing,
+    config_checks,
     evaluation,
     logs,
     metric_writers,
@@ -194,32 +195,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     return EXIT_FINISHED if latest >= config.total_steps else EXIT_STOPPED_EARLY
 
 
-def validate_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    """Start-up checks of what would otherwise fail late or obscurely; errors name the key."""
-    for key in ("total_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
-        if config[key] < 1:
-            raise ValueError(f"config.{key} = {config[key]}: must be >= 1 (steps)")
-    if config.checkpoint_keep < 1:
-        raise ValueError(f"config.checkpoint_keep = {config.checkpoint_keep}: must be >= 1")
-    if config.max_steps_per_run < 0:
-        raise ValueError(
-            f"config.max_steps_per_run = {config.max_steps_per_run}: must be >= 0 (0 = no limit)"
-        )
-    devices = mesh.size
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] < 1 or config[key] % devices:
-            raise ValueError(
-                f"config.{key} = {config[key]} is not a positive multiple of the {devices} "
-                f"devices the batch is split over ({jax.process_count()} process(es)); use "
-                f"e.g. {max(1, round(config[key] / devices)) * devices}"
-            )
-    if config.batch_size % config.grad_accum_steps:
-        raise ValueError(
-            f"config.batch_size = {config.batch_size} is not divisible by "
-            f"config.grad_accum_steps = {config.grad_accum_steps}"
-        )
-
-
 def _recorded_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` with what building the data recorded (image_folder's 16-bit range) filled in,
     so that config.json, and eval.py / predict.py reading it, use the range training used."""
@@ -239,12 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh(num_data=-1, num_fsdp=config.mesh.fsdp)
     logging.info("Devices: %s", sharding.describe_devices(mesh))
     spec = datasets.dataset_spec(config.data)  # Once per run; every consumer gets this one.
-    if config.model.num_classes != spec.num_classes:
-        raise ValueError(
-            f"config.model.num_classes = {config.model.num_classes} but data set "
-            f"{spec.name!r} has {spec.num_classes} classes"
-        )
-    validate_config(config, mesh)
+    config_checks.validate_config(config, mesh, spec)  # Before the data set is built.
     model = build_model(config.model)
     total_steps = config.total_steps
     tx, schedule = optim.make_optimizer(config.optim, total_steps)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from configs.default import data_config
+from configs.base import data_config
 from jaxseg.data import augment, loading, weight_maps
 from jaxseg.labels import IGNORE_ID as IGNORE
 from jaxseg.models import build_model, input_context, output_size

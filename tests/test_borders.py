@@ -6,7 +6,7 @@ logits whichever path it took."""
 import jax
 import numpy as np
 
-from configs.default import data_config
+from configs.base import data_config
 from jaxseg import inference, prediction, sharding, tiled_inference
 from jaxseg.data import augment, loading
 from jaxseg.models import build_model

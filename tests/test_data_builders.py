@@ -10,7 +10,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs.default import data_config
+from configs.base import data_config
 from jaxseg.data import datasets, loading
 from jaxseg.data.builders import image_folder, voc_sbd
 from jaxseg.labels import voc_palette

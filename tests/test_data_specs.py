@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
-from configs.default import data_config
+from configs.base import data_config
 from jaxseg.data import datasets, loading
 
 HOSTED = {  # name -> (eval split, eval pad size, mock examples); 1 full-size Cityscapes is slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs.default import data_config
+from configs.base import data_config
 from jaxseg.data import datasets, loading
 
 NUM_TRAIN, NUM_VAL = 16, 8
@@ -226,7 +226,7 @@ def test_loading_and_augmenting_never_import_tensorflow(cfg, no_tensorflow_env):
 
     script = textwrap.dedent(f"""
         import sys
-        from configs.default import data_config
+        from configs.base import data_config
         from jaxseg.data import loading
         cfg = data_config()
         cfg.data_dir = {cfg.data_dir!r}

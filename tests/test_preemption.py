@@ -71,7 +71,7 @@ def test_sigterm_during_the_first_data_set_build_unwinds_and_leaves_no_partial_b
 
     import pytest
 
-    from configs.default import data_config
+    from configs.base import data_config
     from jaxseg.data import loading
 
     cfg = data_config()

@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import smoke
 from jaxseg import checkpointing, optim, sharding, train_lib, train_state
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets
@@ -142,25 +141,6 @@ def test_nan_right_after_a_save_keeps_the_newer_checkpoint(trained_run, tmp_path
 def test_nan_hint_suggests_clipping_only_when_it_is_off():
     with pytest.raises(train_lib.NonFiniteLossError, match="enable optim.grad_clip_norm"):
         train_lib._check_finite({"loss": float("inf")}, 7, grad_clip_norm=0.0)
-
-
-def test_start_up_validation_names_the_key_and_the_device_count():
-    mesh = sharding.make_mesh()
-    assert mesh.size == 8  # conftest's fake devices
-    cases = {
-        "batch_size": (12, r"config\.batch_size = 12 is not a positive multiple of the 8 devices"),
-        "eval_batch_size": (4, r"config\.eval_batch_size = 4 .* 8 devices"),
-        "log_every_steps": (0, r"config\.log_every_steps = 0: must be >= 1"),
-        "eval_every_steps": (-1, r"config\.eval_every_steps = -1: must be >= 1"),
-        "checkpoint_every_steps": (0, r"config\.checkpoint_every_steps = 0"),
-        "max_steps_per_run": (-2, r"config\.max_steps_per_run = -2"),
-    }
-    train_lib.validate_config(smoke.get_config(), mesh)
-    for key, (value, message) in cases.items():
-        config = smoke.get_config()
-        config[key] = value
-        with pytest.raises(ValueError, match=message):
-            train_lib.validate_config(config, mesh)
 
 
 def test_lowering_total_steps_below_a_finished_run_exits_finished_and_changes_nothing(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, Mesh
 
-from configs import default
+from configs import base
 from jaxseg import optim, sharding, train_lib, train_state
 from jaxseg.models import build_model
 
@@ -27,8 +27,8 @@ def _config(use_batchnorm=True, dropout=0.0, accum=1):
         "dropout_rate": dropout,
     }
     c.loss = {"normalize": True, "class_weights": (), "dice_weight": 0.0}
-    # The default's fields with a plain SGD recipe (explicit values: the test pins them).
-    c.optim = default.optim_config()
+    # The base config's fields with a plain SGD recipe (explicit values: the test pins them).
+    c.optim = base.optim_config()
     c.optim.update(
         optimizer="sgd",
         learning_rate=0.1,

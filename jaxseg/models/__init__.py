@@ -25,28 +25,36 @@ MODELS = {
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
-    """Builds `MODELS[model_config.name]` with the remaining fields as module attributes.
+def _fields(name: str) -> set[str]:
+    """The module attributes a config can set for `MODELS[name]`."""
+    ctor = MODELS[name]
+    return {f.name for f in dataclasses.fields(ctor.func) if f.init} - {"parent", "name"}
 
-    `model_config.dtype`, if present, is a string ("float32" or "bfloat16"). Unknown model names
-    and fields the chosen module does not have raise ValueError naming the valid ones.
+
+def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
+    """Builds `MODELS[model_config.name]` with its fields of `model_config` as module attributes.
+
+    `config.model` holds the fields of every model family (configs/base.py): the chosen module
+    takes the ones it has, and another family's (the U-Net's `depth` for an FCN) are left
+    unused. `model_config.dtype`, if present, is a string ("float32" or "bfloat16"). Unknown
+    model names, and fields no model has, raise ValueError naming the valid ones.
     """
     cfg = dict(model_config)
     name = cfg.pop("name")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {sorted(MODELS)}")
-    ctor = MODELS[name]
-    fields = {f.name for f in dataclasses.fields(ctor.func) if f.init} - {"parent", "name"}
-    unknown = sorted(set(cfg) - fields)
+    fields = _fields(name)
+    unknown = sorted(set(cfg) - set().union(*map(_fields, MODELS)))
     if unknown:
         raise ValueError(
             f"model {name!r} has no field(s) {unknown}; its fields are {sorted(fields)}"
         )
+    cfg = {k: v for k, v in cfg.items() if k in fields}
     if "dtype" in cfg:
         if cfg["dtype"] not in _DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {cfg['dtype']!r}")
         cfg["dtype"] = _DTYPES[cfg["dtype"]]
-    return ctor(**cfg)
+    return MODELS[name](**cfg)
 
 
 def output_size(model: nn.Module, input_hw: tuple[int, int]) -> tuple[int, int]:
