@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import smoke
 from jaxseg import checkpointing, optim, sharding, train_lib, train_state
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets
