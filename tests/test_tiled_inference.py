@@ -114,8 +114,9 @@ def test_big_whole_image_is_tiled_by_max_tile(predictor, smoke_run, images):
 
 
 def test_files_of_one_bucket_shape_run_as_one_batch(predictor, images):
-    paths = [str(images / f"{s}.png") for s in SIZES]
-    batches = prediction._batches(predictor, paths, predictor.settings)
+    # The files' own sizes, as predict.py reads them from each header.
+    shapes = [Image.open(images / f"{s}.png").size[::-1] for s in SIZES]
+    batches = prediction.batch_plan(shapes, predictor.settings, predictor)
     # a 45x70, b 40x50 and c 33x60 all pad to 64 x 96 / 64 x 64 / 64 x 64; d to 96 x 96.
     assert sorted(batches) == [[0], [1, 2], [3]]
 
