@@ -18,7 +18,7 @@ from conftest import write_blob_images
 from PIL import Image
 
 import jaxseg
-from jaxseg import evaluation, inference, prediction, sharding, tiled_inference
+from jaxseg import inference, prediction, sharding, tiled_inference
 from jaxseg import workdir as workdir_lib
 from jaxseg.models import build_model
 
@@ -44,12 +44,14 @@ def _normalised(predictor, path):
 
 @functools.cache
 def _eval_fn(model, workdir, fields):
-    """eval's inference (evaluation.inference_fn of config.eval + `fields`), jitted once."""
+    """eval's inference (`evaluation.Evaluator`'s: predict_logits of the settings read from
+    config.eval + `fields`), jitted once."""
     config = workdir_lib.read_config(workdir)
     with config.unlocked():
         for key, value in fields:
             config.eval[key] = value
-    return jax.jit(evaluation.inference_fn(model, config.eval))
+    settings = inference.InferenceSettings.from_eval_config(config.eval)
+    return jax.jit(functools.partial(inference.predict_logits, model, settings=settings))
 
 
 def _eval_logits(predictor, smoke_run, x, **eval_fields):
@@ -62,7 +64,7 @@ def test_sliding_window_and_tta_equal_evals_logits(predictor, smoke_run, images)
     """An image larger than the crop: windows batched over 8 devices, summed on the host."""
     x = _normalised(predictor, images / "a_45x70.png")
     window = dict(mode="sliding_window", crop=(32, 32), stride=(20, 24))
-    settings = tiled_inference.InferenceSettings(**window)
+    settings = inference.InferenceSettings(**window)
     got, _ = predictor.engine.predict(x[None], settings)
     want = _eval_logits(predictor, smoke_run, x, **window)
     np.testing.assert_allclose(got[0], want, atol=1e-5, rtol=1e-5)
@@ -93,7 +95,7 @@ def test_overlap_tile_on_the_host_equals_inference():
     mesh = sharding.make_mesh()
     engine = tiled_inference.Engine.create(model, variables, mesh, batch_size=8)
     x = np.asarray(jax.random.normal(jax.random.key(1), (1, 50, 37, 3)))
-    settings = tiled_inference.InferenceSettings(mode="overlap_tile", tile_in=(44, 44))
+    settings = inference.InferenceSettings(mode="overlap_tile", tile_in=(44, 44))
     got, _ = engine.predict(x, settings)
     want = jax.jit(inference.overlap_tile_logits, static_argnums=0, static_argnames="tile_in")(
         model, variables, x, tile_in=(44, 44)
@@ -106,7 +108,7 @@ def test_big_whole_image_is_tiled_by_max_tile(predictor, smoke_run, images):
     engine = tiled_inference.Engine(
         predictor.model, predictor.engine.whole, predictor.engine.raw, 64
     )
-    got, _ = engine.predict(x[None], tiled_inference.InferenceSettings())
+    got, _ = engine.predict(x[None], inference.InferenceSettings())
     want = _eval_logits(
         predictor, smoke_run, x, mode="sliding_window", crop=(64, 64), stride=(48, 48)
     )
