@@ -5,6 +5,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -270,3 +271,35 @@ def test_predict_logits_dispatches_to_the_named_mode(pointwise):
         inference.InferenceSettings(mode="sliding_window", crop=(4, 4))
     with pytest.raises(ValueError, match="needs tile_in"):
         inference.InferenceSettings(mode="overlap_tile")
+
+
+def test_settings_read_config_eval_and_name_its_keys():
+    """config.eval is read in one place: zero sizes are unset, errors name the config key, and a
+    config.json from before isbi_metrics existed still loads (as a run without it)."""
+    # As config.json gives it back: lists, int scales, no isbi_metrics.
+    cfg = ml_collections.ConfigDict(
+        {
+            "mode": "sliding_window",
+            "crop": [32, 24],
+            "stride": [16, 12],
+            "tile_in": [0, 0],
+            "flip": True,
+            "scales": [1, 1.5],
+        }
+    )
+    settings = inference.InferenceSettings.from_eval_config(cfg)
+    assert settings == inference.InferenceSettings(
+        mode="sliding_window", crop=(32, 24), stride=(16, 12), flip=True, scales=(1.0, 1.5)
+    )
+    assert settings.tile_in is None and settings.isbi_metrics is False
+    # flip_tta(multiscale_tta(...)): the flip is the outer loop.
+    assert settings.augmentations == [(False, 1.0), (False, 1.5), (True, 1.0), (True, 1.5)]
+    cfg.stride = [0, 0]
+    with pytest.raises(ValueError, match=r"^config\.eval\.crop, config\.eval\.stride: .*needs"):
+        inference.InferenceSettings.from_eval_config(cfg)
+    cfg.stride = [16, -12]
+    with pytest.raises(ValueError, match=r"^config\.eval\.stride: .*2 positive sides"):
+        inference.InferenceSettings.from_eval_config(cfg)
+    cfg.mode = "tiles"
+    with pytest.raises(ValueError, match=r"^config\.eval\.mode: .*valid modes"):
+        inference.InferenceSettings.from_eval_config(cfg)

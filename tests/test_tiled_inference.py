@@ -103,6 +103,41 @@ def test_overlap_tile_on_the_host_equals_inference():
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
+def test_device_and_host_sliding_windows_follow_one_plan_on_an_odd_image():
+    """A 13 x 23 image, 16 x 8 windows every 6 px: taller than the image (mirror-padded by 3 rows
+    at the bottom) and with a flush last window along W. A padded U-Net's logits depend on the
+    window around a pixel, so a wrong corner, border or average shows: the device mode and the
+    host engine both equal the numpy average of the hand-listed windows."""
+    model = build_model(
+        ml_collections.ConfigDict(
+            {"name": "unet_padded", "num_classes": 3, "base_width": 2, "depth": 2}
+        )
+    )
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(0), jnp.zeros((1, 16, 8, 3))
+    )
+    x = np.asarray(jax.random.normal(jax.random.key(2), (13, 23, 3)))
+    crop, stride = (16, 8), (6, 6)
+    # Oracle: rows 13-15 mirror rows 11-9; windows start at columns 0, 6, 12 and 15 (flush).
+    padded = np.pad(x, ((0, 3), (0, 0), (0, 0)), mode="reflect")
+    window = jax.jit(functools.partial(inference.whole_image_logits, model))
+    total, count = np.zeros((16, 23, 3), np.float32), np.zeros((16, 23), np.float32)
+    for x0 in (0, 6, 12, 15):
+        total[:, x0 : x0 + 8] += np.asarray(window(variables, padded[None, :, x0 : x0 + 8]))[0]
+        count[:, x0 : x0 + 8] += 1
+    oracle = (total / count[..., None])[:13]
+    assert count.max() == 2  # the windows overlap
+
+    device = jax.jit(
+        functools.partial(inference.sliding_window_logits, model, crop=crop, stride=stride)
+    )(variables, x[None])
+    engine = tiled_inference.Engine.create(model, variables, sharding.make_mesh(), batch_size=8)
+    settings = inference.InferenceSettings(mode="sliding_window", crop=crop, stride=stride)
+    host, _ = engine.predict(x[None], settings)
+    np.testing.assert_allclose(np.asarray(device)[0], oracle, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host[0], oracle, rtol=1e-5, atol=1e-6)
+
+
 def test_big_whole_image_is_tiled_by_max_tile(predictor, smoke_run, images):
     x = _normalised(predictor, images / "d_70x90.png")
     engine = tiled_inference.Engine(
