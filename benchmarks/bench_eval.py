@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common, flops, presets  # noqa: E402
-from jaxseg import evaluation, optim, sharding, train_state  # noqa: E402
+from jaxseg import evaluation, inference, optim, sharding, train_state  # noqa: E402
 from jaxseg.data import datasets  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 
@@ -90,10 +90,11 @@ def main():
         ("sliding_window", (half, half), (quarter, quarter)),
     ):
         config.eval.mode, config.eval.crop, config.eval.stride = mode, crop, stride
+        settings = inference.InferenceSettings.from_eval_config(config.eval)
         step = jax.jit(
             functools.partial(
                 evaluation.eval_step,
-                predict=evaluation.inference_fn(model, config.eval),
+                predict=functools.partial(inference.predict_logits, model, settings=settings),
                 num_classes=config.model.num_classes,
             )
         )

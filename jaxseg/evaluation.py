@@ -29,21 +29,6 @@ from jaxseg.data import datasets, loading
 from jaxseg.train_state import variables_of
 
 
-def inference_fn(model: nn.Module, eval_cfg):
-    """`config.eval` -> fn(variables, images) -> logits at the images' size (not jitted)."""
-    nonzero = lambda pair: tuple(pair) if any(pair) else None
-    return functools.partial(
-        inference.predict_logits,
-        model,
-        mode=eval_cfg.mode,
-        crop=nonzero(eval_cfg.crop),
-        stride=nonzero(eval_cfg.stride),
-        tile_in=nonzero(eval_cfg.tile_in),
-        flip=eval_cfg.flip,
-        scales=tuple(eval_cfg.scales),
-    )
-
-
 def eval_step(
     variables, batch, *, predict, num_classes: int, with_predictions: bool = False
 ) -> tuple[jax.Array, ...]:
@@ -84,13 +69,15 @@ class Evaluator:
         self.spec = spec
         self._mesh = mesh
         self._batch_sharding = sharding.batch_sharding(mesh)
-        self._isbi = config.eval.isbi_metrics
+        # The inference mode, its TTA and isbi_metrics: config.eval, read and checked once.
+        self.settings = inference.InferenceSettings.from_eval_config(config.eval)
+        self._isbi = self.settings.isbi_metrics
         if self._isbi and spec.num_classes != 2:
             raise ValueError(
                 f"config.eval.isbi_metrics needs binary membrane data (0 = membrane, 1 = cell); "
                 f"{spec.name} has {spec.num_classes} classes"
             )
-        predict = inference_fn(model, config.eval)
+        predict = functools.partial(inference.predict_logits, model, settings=self.settings)
         replicated = sharding.replicated_sharding(mesh)
         self._step = jax.jit(
             functools.partial(
@@ -282,9 +269,9 @@ def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:
         step=int(jax.device_get(state.step)),
         dataset=spec.name,
         split=config.data.eval_split,
-        inference=config.eval.mode,
-        flip=config.eval.flip,
-        scales=list(config.eval.scales),
+        inference=evaluator.settings.mode,
+        flip=evaluator.settings.flip,
+        scales=list(evaluator.settings.scales),
         checkpoint=str(checkpoint),
     )
     write_figures(workdir, evaluator, state, result)

@@ -14,7 +14,11 @@ so the test-time augmentations below wrap any of them):
   larger than memory allows, or models trained on crops).
 - `overlap_tile_logits`: the U-Net paper's Fig. 2 tiling for valid-convolution U-Nets.
 - `flip_tta`, `multiscale_tta`: horizontal-flip and multi-scale averaging of any mode.
-- `predict_logits`: the above chosen by name (what a config selects).
+- `predict_logits`: the above as an `InferenceSettings` names them.
+
+`InferenceSettings` is the one reader and validator of `config.eval`: evaluation runs it here on
+the device, predict.py and `jaxseg.load` run it on host images (`jaxseg.tiled_inference`). Where
+the tiles lie is planned once for both, by `jaxseg.tiling`.
 
 All are pure and jit-able with the model and sizes static; tiles are visited by a
 `lax.fori_loop`, so the network compiles once per tile shape, not once per tile or image.
@@ -22,6 +26,7 @@ All are pure and jit-able with the model and sizes static; tiles are visited by 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -30,17 +35,119 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg import tiling
+
 # fn(model, variables, images [N, H, W, C]) -> logits [N, H, W, K] float32.
 LogitsFn = Callable[[nn.Module, object, jax.Array], jax.Array]
 
 MODES = ("whole_image", "sliding_window", "overlap_tile")
 
 
+class _FieldError(ValueError):
+    """A bad setting; `keys` are the fields it is about (`from_eval_config` names them)."""
+
+    def __init__(self, keys: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.keys = keys
+
+
+def _size(value) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(v) for v in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """An inference mode, its test-time augmentation and eval's scoring option: `config.eval`.
+
+    Sizes and scales may be given as lists (flags, config.json): they are stored as tuples, so
+    settings compare and hash by value. Validated on construction.
+
+    Attributes:
+      mode: "whole_image", "sliding_window" or "overlap_tile" (`MODES`).
+      crop, stride: sliding_window window and step (height, width) px.
+      tile_in: overlap_tile input tile (height, width) px (valid U-Nets).
+      flip: also average over the left-right mirrored image.
+      scales: input scales to average over ((1.0,) = none).
+      isbi_metrics: evaluation also scores the ISBI 2012 pixel and Rand errors (binary membrane
+        data); no effect on the logits.
+    """
+
+    mode: str = "whole_image"
+    crop: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    tile_in: tuple[int, int] | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    isbi_metrics: bool = False
+
+    def __post_init__(self):
+        for key in ("crop", "stride", "tile_in"):
+            object.__setattr__(self, key, _size(getattr(self, key)))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "flip", bool(self.flip))
+        object.__setattr__(self, "isbi_metrics", bool(self.isbi_metrics))
+        if self.mode not in MODES:
+            raise _FieldError(
+                ("mode",), f"unknown inference mode {self.mode!r}; valid modes: {MODES}"
+            )
+        if self.mode == "sliding_window":
+            if self.crop is None or self.stride is None:
+                raise _FieldError(
+                    ("crop", "stride"),
+                    f"inference mode 'sliding_window' needs crop and stride, got crop={self.crop} "
+                    f"stride={self.stride}",
+                )
+            for key in ("crop", "stride"):
+                if len(getattr(self, key)) != 2 or min(getattr(self, key)) <= 0:
+                    raise _FieldError(
+                        (key,), f"{key} must be 2 positive sides, got {getattr(self, key)}"
+                    )
+        if self.mode == "overlap_tile" and self.tile_in is None:
+            raise _FieldError(
+                ("tile_in",),
+                "inference mode 'overlap_tile' needs tile_in (a valid U-Net input size)",
+            )
+        if not self.scales or min(self.scales) <= 0:
+            raise _FieldError(
+                ("scales",),
+                f"scales must be a non-empty list of positive floats, got {self.scales}",
+            )
+
+    @classmethod
+    def from_eval_config(cls, eval_cfg) -> InferenceSettings:
+        """`config.eval` (zero sizes = unset); errors name the `config.eval.<key>`."""
+        unset_zero = lambda pair: pair if any(pair) else None
+        # config.json files from before isbi_metrics existed lack the key: those runs had none.
+        isbi = eval_cfg.isbi_metrics if "isbi_metrics" in eval_cfg else False
+        try:
+            return cls(
+                mode=eval_cfg.mode,
+                crop=unset_zero(eval_cfg.crop),
+                stride=unset_zero(eval_cfg.stride),
+                tile_in=unset_zero(eval_cfg.tile_in),
+                flip=eval_cfg.flip,
+                scales=eval_cfg.scales,
+                isbi_metrics=isbi,
+            )
+        except _FieldError as e:
+            keys = ", ".join(f"config.eval.{k}" for k in e.keys)
+            raise ValueError(f"{keys}: {e}") from None
+
+    def override(self, **fields) -> InferenceSettings:
+        """A copy with every non-None keyword replacing its field; validated again."""
+        return dataclasses.replace(self, **{k: v for k, v in fields.items() if v is not None})
+
+    @property
+    def augmentations(self) -> list[tuple[bool, float]]:
+        """(flipped, scale) pairs, in the order `predict_logits`' `flip_tta(multiscale_tta(...))`
+        sums them."""
+        return [(f, s) for f in ((False, True) if self.flip else (False,)) for s in self.scales]
+
+
 def _mirror_pad(images: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
-    # Mirroring (not zeros) keeps the statistics the network saw in training at the border;
-    # a 1x1 image has nothing to reflect, so its only mirror is the pixel itself.
-    mode = "reflect" if max(images.shape[1:3]) > 1 else "edge"
-    return jnp.pad(images, pads, mode=mode)
+    """images [N, H, W, C] mirror-padded by pads ((top, bottom), (left, right)) px."""
+    mode = tiling.mirror_mode(*images.shape[1:3])
+    return jnp.pad(images, ((0, 0), *pads, (0, 0)), mode=mode)
 
 
 def whole_image_logits(model: nn.Module, variables, images: jax.Array) -> jax.Array:
@@ -52,69 +159,42 @@ def whole_image_logits(model: nn.Module, variables, images: jax.Array) -> jax.Ar
     if (in_h, in_w) == (h, w):
         return model.apply(variables, images, train=False)
     # `c` mirrored px above and left of the image: the output starts at its first pixel.
-    pads = ((0, 0), (c, in_h - h - c), (c, in_w - w - c), (0, 0))
+    pads = ((c, in_h - h - c), (c, in_w - w - c))
     logits = model.apply(variables, _mirror_pad(images, pads), train=False)
     return logits[:, :h, :w]
 
 
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of side `tile` every `stride` px over `size` px, the last flush.
-
-    E.g. size 10, tile 4, stride 3 -> [0, 3, 6]; size 10, tile 4, stride 4 -> [0, 4, 6].
-    Requires tile <= size (callers pad smaller images first).
-    """
-    if not 0 < tile <= size or stride <= 0:
-        raise ValueError(f"need 0 < tile <= size and stride > 0, got {tile=} {size=} {stride=}")
-    starts = list(range(0, size - tile + 1, stride))
-    if starts[-1] != size - tile:
-        starts.append(size - tile)
-    return starts
-
-
 def _tiled(
-    apply_tile: Callable[[jax.Array], jax.Array],
-    inputs: jax.Array,
-    *,
-    tile_in: tuple[int, int],
-    out_hw: tuple[int, int],
-    starts: tuple[list[int], list[int]],
+    apply_tile: Callable[[jax.Array], jax.Array], images: jax.Array, plan: tiling.TilePlan
 ) -> jax.Array:
-    """Averages `apply_tile` over tiles; tile t reads inputs[y:y+in] and writes out[y:y+out].
+    """Runs `apply_tile` over `plan`'s tiles of the mirror-padded images and averages them.
 
     Args:
-      apply_tile: [N, *tile_in, C] -> [N, tile_out_h, tile_out_w, K].
-      inputs: [N, H_in, W_in, C], already padded so every tile lies inside.
-      tile_in: (h, w) of an input tile.
-      out_hw: (H, W) of the output; each start (y, x) is both the tile's input and output corner
-        (the caller pads the input so that output pixel (i, j) is centred on input (i + m, j + m)).
-      starts: static tile corners along H and along W.
+      apply_tile: [N, *plan.tile_in, C] -> [N, *plan.tile_out, K].
+      images: [N, H, W, C], the plan's (H, W).
 
     Returns:
       [N, H, W, K] float32: per pixel, the mean over the tiles covering it.
     """
-    n, c = inputs.shape[0], inputs.shape[-1]
-    grid = np.array([(y, x) for y in starts[0] for x in starts[1]], np.int32)
-    out_spec = jax.eval_shape(apply_tile, jax.ShapeDtypeStruct((n, *tile_in, c), inputs.dtype))
-    tile_out = out_spec.shape[1:3]
-    count = np.zeros(out_hw, np.float32)
-    for y, x in grid:
-        count[y : y + tile_out[0], x : x + tile_out[1]] += 1
-    if count.min() < 1:
-        raise ValueError(f"tiles {tile_out} at {starts} leave pixels of {out_hw} uncovered")
-
-    grid_arr = jnp.asarray(grid)
+    n, h, w, c = images.shape
+    inputs = _mirror_pad(images, plan.pads)
+    out_spec = jax.eval_shape(apply_tile, jax.ShapeDtypeStruct((n, *plan.tile_in, c), inputs.dtype))
+    if tuple(out_spec.shape[1:3]) != plan.tile_out:
+        raise ValueError(f"tiles give {out_spec.shape[1:3]} px of logits, the plan {plan.tile_out}")
+    count = plan.coverage()
+    grid = jnp.asarray(np.array(plan.corners, np.int32))
 
     def body(i, total):
-        y, x = grid_arr[i, 0], grid_arr[i, 1]
-        tile = jax.lax.dynamic_slice(inputs, (0, y, x, 0), (n, *tile_in, c))
+        y, x = grid[i, 0], grid[i, 1]
+        tile = jax.lax.dynamic_slice(inputs, (0, y, x, 0), (n, *plan.tile_in, c))
         logits = apply_tile(tile).astype(jnp.float32)
         old = jax.lax.dynamic_slice(total, (0, y, x, 0), logits.shape)
         return jax.lax.dynamic_update_slice(total, old + logits, (0, y, x, 0))
 
-    total = jnp.zeros((n, *out_hw, out_spec.shape[-1]), jnp.float32)
+    total = jnp.zeros((n, *plan.out_hw, out_spec.shape[-1]), jnp.float32)
     # A loop, not one stacked batch: the network is traced once and memory holds one tile.
     total = jax.lax.fori_loop(0, len(grid), body, total)
-    return total / count[None, :, :, None]
+    return (total / count[None, :, :, None])[:, :h, :w]
 
 
 def sliding_window_logits(
@@ -139,43 +219,9 @@ def sliding_window_logits(
     Returns:
       logits [N, H, W, K] float32 (sum of the window logits covering a pixel / their count).
     """
-    n, h, w, _ = images.shape
-    crop, stride = tuple(crop), tuple(stride)
-    if len(crop) != 2 or len(stride) != 2 or min(*crop, *stride) <= 0:
-        raise ValueError(f"crop and stride must be 2 positive sides, got {crop=} {stride=}")
-    ph, pw = max(h, crop[0]), max(w, crop[1])
-    x = _mirror_pad(images, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)))
-    logits = _tiled(
-        functools.partial(whole_image_logits, model, variables),
-        x,
-        tile_in=crop,
-        out_hw=(ph, pw),
-        starts=(tile_starts(ph, crop[0], stride[0]), tile_starts(pw, crop[1], stride[1])),
-    )
-    return logits[:, :h, :w]
-
-
-def _overlap_tile_axis(size: int, tile_out: int, step: int) -> tuple[int, list[int]]:
-    """Padded output side and tile starts along one axis, every start a multiple of `step`."""
-    stride = tile_out // step * step
-    if stride == 0:
-        raise ValueError(
-            f"overlap-tile output tiles of {tile_out} px are smaller than the pooling period "
-            f"{step} px: use a larger tile_in"
-        )
-    # The smallest side >= size whose flush last tile still starts on the pooling grid.
-    padded = max(size, tile_out)
-    padded += (tile_out - padded) % step
-    return padded, tile_starts(padded, tile_out, stride)
-
-
-def check_overlap_tile_model(model: nn.Module) -> None:
-    """Raises ValueError unless the model has input context (overlap-tile's margin)."""
-    if not model.input_context:
-        raise ValueError(
-            f"overlap-tile needs a valid-convolution UNet (a model with input context), got "
-            f"{type(model).__name__} with none"
-        )
+    _, h, w, _ = images.shape
+    plan = tiling.sliding_window_plan(h, w, crop, stride)
+    return _tiled(functools.partial(whole_image_logits, model, variables), images, plan)
 
 
 def overlap_tile_logits(
@@ -202,25 +248,9 @@ def overlap_tile_logits(
     Returns:
       logits [N, H, W, K] float32.
     """
-    check_overlap_tile_model(model)
-    n, h, w, _ = images.shape
-    tile_in = tuple(tile_in)
-    tile_out = tuple(model.output_size(s) for s in tile_in)  # raises if invalid
-    m = model.input_context
-    # Tiles start on the grid of the pooling period, the model's size step.
-    (ph, starts_h), (pw, starts_w) = (
-        _overlap_tile_axis(h, tile_out[0], model.size_step),
-        _overlap_tile_axis(w, tile_out[1], model.size_step),
-    )
-    pads = ((0, 0), (m, m + ph - h), (m, m + pw - w), (0, 0))
-    logits = _tiled(
-        lambda tile: model.apply(variables, tile, train=False),
-        _mirror_pad(images, pads),
-        tile_in=tile_in,
-        out_hw=(ph, pw),
-        starts=(starts_h, starts_w),
-    )
-    return logits[:, :h, :w]
+    _, h, w, _ = images.shape
+    plan = tiling.overlap_tile_plan(model, h, w, tile_in)
+    return _tiled(lambda tile: model.apply(variables, tile, train=False), images, plan)
 
 
 def flip_tta(fn: LogitsFn) -> LogitsFn:
@@ -268,42 +298,20 @@ def predict_logits(
     model: nn.Module,
     variables,
     images: jax.Array,
-    *,
-    mode: str = "whole_image",
-    crop: tuple[int, int] | None = None,
-    stride: tuple[int, int] | None = None,
-    tile_in: tuple[int, int] | None = None,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
+    settings: InferenceSettings = InferenceSettings(),
 ) -> jax.Array:
-    """Logits [N, H, W, K] float32 for images [N, H, W, C] by the named mode and TTA.
+    """Logits [N, H, W, K] float32 for images [N, H, W, C] by `settings`' mode and TTA.
 
-    Args:
-      mode: "whole_image", "sliding_window" (needs crop and stride) or "overlap_tile" (needs
-        tile_in; valid U-Nets only).
-      flip: also average over the left-right mirrored image.
-      scales: input scales to average over ((1.0,) = none).
-
-    Bind everything but `variables` and `images` with functools.partial before jax.jit.
+    Bind `model` and `settings` with functools.partial before jax.jit.
     """
-    if mode == "whole_image":
+    if settings.mode == "whole_image":
         fn = whole_image_logits
-    elif mode == "sliding_window":
-        if crop is None or stride is None:
-            raise ValueError(
-                f"inference mode 'sliding_window' needs crop and stride, got {crop=} {stride=}"
-            )
-        fn = functools.partial(sliding_window_logits, crop=crop, stride=stride)
-    elif mode == "overlap_tile":
-        if tile_in is None:
-            raise ValueError(
-                "inference mode 'overlap_tile' needs tile_in (a valid U-Net input size)"
-            )
-        fn = functools.partial(overlap_tile_logits, tile_in=tile_in)
+    elif settings.mode == "sliding_window":
+        fn = functools.partial(sliding_window_logits, crop=settings.crop, stride=settings.stride)
     else:
-        raise ValueError(f"unknown inference mode {mode!r}; valid modes: {MODES}")
-    if tuple(scales) != (1.0,):
-        fn = multiscale_tta(fn, scales)
-    if flip:
+        fn = functools.partial(overlap_tile_logits, tile_in=settings.tile_in)
+    if settings.scales != (1.0,):
+        fn = multiscale_tta(fn, settings.scales)
+    if settings.flip:
         fn = flip_tta(fn)
     return fn(model, variables, images)

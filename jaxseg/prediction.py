@@ -8,9 +8,10 @@ pipeline (`(x - config.data.mean) / config.data.std`), so a file gives the model
 here as in training and eval. Files are read by the data loader's threads
 (`loading.read_in_order`), a few batches ahead of the devices. Files that cannot be read are
 skipped and listed at the end, unless `strict`. Images are then segmented by one of
-`jaxseg.inference`'s modes with its test-time augmentation (default: the run's `config.eval`)
-through `jaxseg.tiled_inference`, which keeps images and logits on the host and sends only
-batches of tiles to the devices, so memory on the device stays bounded for any image.
+`jaxseg.inference`'s modes with its test-time augmentation (an `inference.InferenceSettings`,
+default: the run's `config.eval`) through `jaxseg.tiled_inference`, which keeps images and
+logits on the host and sends only batches of tiles to the devices, so memory on the device stays
+bounded for any image.
 
 whole_image mode: each image is padded up to a multiple of `BUCKET` px per side, so a folder of
 photos of many sizes compiles once per bucket shape rather than once per image, and files of one
@@ -37,7 +38,7 @@ import tqdm
 from absl import logging
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from jaxseg import sharding, tiled_inference, train_state, visualize
+from jaxseg import inference, sharding, tiled_inference, train_state, visualize
 from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, loading
 from jaxseg.data import images as image_decoding
@@ -79,7 +80,7 @@ class Predictor:
     class_names: tuple[str, ...] = ()
     model: nn.Module | None = None
     engine: tiled_inference.Engine | None = None
-    settings: tiled_inference.InferenceSettings = tiled_inference.InferenceSettings()
+    settings: inference.InferenceSettings = inference.InferenceSettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +154,7 @@ def load_predictor(
         class_names=tuple(spec.class_names),
         model=model,
         engine=engine,
-        settings=tiled_inference.InferenceSettings.from_eval_config(config.eval),
+        settings=inference.InferenceSettings.from_eval_config(config.eval),
     )
 
 
@@ -193,7 +194,7 @@ def pad_to_bucket(x: np.ndarray, multiple: int) -> np.ndarray:
 def segment_batch(
     predictor: Predictor,
     images: Sequence[np.ndarray],
-    settings: tiled_inference.InferenceSettings | None = None,
+    settings: inference.InferenceSettings | None = None,
     *,
     with_probs: bool = False,
     with_variance: bool = False,
@@ -235,7 +236,7 @@ def segment_batch(
 def predict_image(
     predictor: Predictor,
     image: np.ndarray,
-    settings: tiled_inference.InferenceSettings | None = None,
+    settings: inference.InferenceSettings | None = None,
 ) -> np.ndarray:
     """image: float32 [H, W, C] in [0, 1] -> uint8 class ids [H, W]."""
     return segment_batch(predictor, [image], settings)[0].labels
@@ -301,7 +302,7 @@ def save_probabilities(
 
 def batch_plan(
     shapes: Sequence[tuple[int, int] | None],
-    settings: tiled_inference.InferenceSettings,
+    settings: inference.InferenceSettings,
     predictor: Predictor,
 ) -> list[list[int]]:
     """The one rule for which images run together: indices of `shapes` ((H, W) per image, None
@@ -431,7 +432,7 @@ def predict_files(
     save_overlay: bool = False,
     alpha: float = 0.5,
     strict: bool = False,
-    settings: tiled_inference.InferenceSettings | None = None,
+    settings: inference.InferenceSettings | None = None,
     save_probs: str = "",
     confidence: bool = False,
 ) -> list[str]:

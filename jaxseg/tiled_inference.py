@@ -5,10 +5,11 @@ and its logits kept on the host.
 its [H, W, K] logits would have to fit in device memory. Here the same modes run with the image
 in host memory: windows (sliding window) or tiles (overlap-tile) are cut on the host, sent through
 the devices in sharded batches of `TileRunner.batch_size`, and their logits summed into a host
-float32 array in the same order `inference._tiled` sums them, so the result equals the device
-version up to float rounding. Device memory is therefore bounded by one batch of tiles (its
-activations) plus the parameters, whatever the image size; host memory holds the image, the
-[H, W, K] logits and one batch of tiles.
+float32 array. Where the tiles lie and in which order they are summed is `jaxseg.tiling`'s plan,
+the one the device modes follow, so the result equals the device version up to float rounding.
+Device memory is therefore bounded by one batch of tiles (its activations) plus the parameters,
+whatever the image size; host memory holds the image, the [H, W, K] logits and one batch of
+tiles. The mode and its TTA are an `inference.InferenceSettings` (default: the run's config.eval).
 
 Test-time augmentation (flip, scales) also runs here, one augmented image at a time, so the
 per-pixel variance of the class probabilities across augmentations comes for free.
@@ -25,75 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import inference, sharding
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceSettings:
-    """An inference mode and its test-time augmentation (the fields of `config.eval`).
-
-    Attributes:
-      mode: "whole_image", "sliding_window" or "overlap_tile" (`inference.MODES`).
-      crop, stride: sliding_window window and step (height, width) px.
-      tile_in: overlap_tile input tile (height, width) px (valid U-Nets).
-      flip: also average over the left-right mirrored image.
-      scales: input scales to average over ((1.0,) = none).
-    """
-
-    mode: str = "whole_image"
-    crop: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    tile_in: tuple[int, int] | None = None
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self):
-        if self.mode not in inference.MODES:
-            raise ValueError(
-                f"unknown inference mode {self.mode!r}; valid modes: {inference.MODES}"
-            )
-        if self.mode == "sliding_window" and (self.crop is None or self.stride is None):
-            raise ValueError(
-                f"inference mode 'sliding_window' needs crop and stride, got crop={self.crop} "
-                f"stride={self.stride}"
-            )
-        if self.mode == "overlap_tile" and self.tile_in is None:
-            raise ValueError(
-                "inference mode 'overlap_tile' needs tile_in (a valid U-Net input size)"
-            )
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(
-                f"scales must be a non-empty list of positive floats, got {self.scales}"
-            )
-
-    @classmethod
-    def from_eval_config(cls, eval_cfg) -> InferenceSettings:
-        """`config.eval` (zero sizes = unset)."""
-        nonzero = lambda pair: tuple(int(v) for v in pair) if any(pair) else None
-        return cls(
-            mode=eval_cfg.mode,
-            crop=nonzero(eval_cfg.crop),
-            stride=nonzero(eval_cfg.stride),
-            tile_in=nonzero(eval_cfg.tile_in),
-            flip=bool(eval_cfg.flip),
-            scales=tuple(float(s) for s in eval_cfg.scales),
-        )
-
-    def override(self, **fields) -> InferenceSettings:
-        """A copy with every non-None keyword replacing its field (sizes and scales may be
-        lists, as flags give them); validated again."""
-        fields = {k: v for k, v in fields.items() if v is not None}
-        for key in ("crop", "stride", "tile_in"):
-            if key in fields:
-                fields[key] = tuple(int(v) for v in fields[key])
-        if "scales" in fields:
-            fields["scales"] = tuple(float(v) for v in fields["scales"])
-        return dataclasses.replace(self, **fields)
-
-    @property
-    def augmentations(self) -> list[tuple[bool, float]]:
-        """(flipped, scale) pairs, in the order eval's `flip_tta(multiscale_tta(...))` sums."""
-        return [(f, s) for f in ((False, True) if self.flip else (False,)) for s in self.scales]
+from jaxseg import inference, sharding, tiling
 
 
 class TileRunner:
@@ -129,60 +62,24 @@ class TileRunner:
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
-def mirror_pad(image: np.ndarray, pads: tuple[tuple[int, int], ...]) -> np.ndarray:
-    """numpy twin of `inference._mirror_pad` for [..., H, W, C] host arrays (same modes)."""
-    mode = "reflect" if max(image.shape[-3:-1]) > 1 else "edge"
-    return np.pad(image, pads, mode=mode)
-
-
-def _host_tiled(run: TileRunner, inputs: np.ndarray, *, tile_in, out_hw, starts) -> np.ndarray:
-    """Host version of `inference._tiled` for one image: inputs [H_in, W_in, C] ->
-    [*out_hw, K] float32, the mean over the tiles covering each pixel (summed in grid order)."""
-    grid = [(y, x) for y in starts[0] for x in starts[1]]
-    total, count = None, np.zeros(out_hw, np.float32)
-    for first in range(0, len(grid), run.batch_size):
-        corners = grid[first : first + run.batch_size]
-        tiles = np.stack([inputs[y : y + tile_in[0], x : x + tile_in[1]] for y, x in corners])
-        logits = run(tiles)
+def _host_tiled(run: TileRunner, image: np.ndarray, plan: tiling.TilePlan) -> np.ndarray:
+    """`inference._tiled` of one host image [H, W, C] (the plan's H, W), tiles run by `run` in
+    batches -> logits [H, W, K] float32, the mean over the tiles covering each pixel, summed in
+    the plan's corner order."""
+    h, w, _ = image.shape
+    inputs = np.pad(image, (*plan.pads, (0, 0)), mode=tiling.mirror_mode(h, w))
+    (ih, iw), (oh, ow) = plan.tile_in, plan.tile_out
+    corners, total = plan.corners, None
+    for first in range(0, len(corners), run.batch_size):
+        batch = corners[first : first + run.batch_size]
+        logits = run(np.stack([inputs[y : y + ih, x : x + iw] for y, x in batch]))
+        if logits.shape[1:3] != (oh, ow):
+            raise ValueError(f"tiles give {logits.shape[1:3]} px of logits, the plan {(oh, ow)}")
         if total is None:
-            total = np.zeros((*out_hw, logits.shape[-1]), np.float32)
-        th, tw = logits.shape[1:3]
-        for (y, x), tile_logits in zip(corners, logits, strict=True):
-            total[y : y + th, x : x + tw] += tile_logits
-            count[y : y + th, x : x + tw] += 1
-    if count.min() < 1:
-        raise ValueError(f"tiles at {starts} leave pixels of {out_hw} uncovered")
-    return total / count[:, :, None]
-
-
-def sliding_window(run: TileRunner, image: np.ndarray, crop, stride) -> np.ndarray:
-    """`inference.sliding_window_logits` of one image [H, W, C] with the windows run by `run`
-    (a whole-image logits fn) -> logits [H, W, K] float32 on the host."""
-    h, w, _ = image.shape
-    ph, pw = max(h, crop[0]), max(w, crop[1])
-    x = mirror_pad(image, ((0, ph - h), (0, pw - w), (0, 0)))
-    starts = (
-        inference.tile_starts(ph, crop[0], stride[0]),
-        inference.tile_starts(pw, crop[1], stride[1]),
-    )
-    return _host_tiled(run, x, tile_in=tuple(crop), out_hw=(ph, pw), starts=starts)[:h, :w]
-
-
-def overlap_tile(run: TileRunner, model: nn.Module, image: np.ndarray, tile_in) -> np.ndarray:
-    """`inference.overlap_tile_logits` of one image [H, W, C] with tiles run by `run` (the raw
-    valid U-Net) -> logits [H, W, K] float32 on the host."""
-    inference.check_overlap_tile_model(model)
-    h, w, _ = image.shape
-    tile_out = tuple(model.output_size(s) for s in tile_in)
-    m = model.input_context
-    (ph, starts_h), (pw, starts_w) = (
-        inference._overlap_tile_axis(h, tile_out[0], model.size_step),
-        inference._overlap_tile_axis(w, tile_out[1], model.size_step),
-    )
-    pads = ((m, m + ph - h), (m, m + pw - w), (0, 0))
-    x = mirror_pad(image, pads)
-    starts = (starts_h, starts_w)
-    return _host_tiled(run, x, tile_in=tuple(tile_in), out_hw=(ph, pw), starts=starts)[:h, :w]
+            total = np.zeros((*plan.out_hw, logits.shape[-1]), np.float32)
+        for (y, x), tile_logits in zip(batch, logits, strict=True):
+            total[y : y + oh, x : x + ow] += tile_logits
+    return (total / plan.coverage()[:, :, None])[:h, :w]
 
 
 @functools.lru_cache(maxsize=32)
@@ -231,23 +128,27 @@ class Engine:
         raw = TileRunner(apply, variables, mesh, batch_size)
         return cls(model, whole, raw, max_tile)
 
-    def mode_logits(self, images: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    def mode_logits(self, images: np.ndarray, settings: inference.InferenceSettings) -> np.ndarray:
         """One augmentation-free mode: images [N, H, W, C] -> logits [N, H, W, K] (host)."""
         n, h, w, _ = images.shape
         if settings.mode == "whole_image":
-            if self.max_tile and max(h, w) > self.max_tile:
-                crop = (min(h, self.max_tile), min(w, self.max_tile))
-                stride = tuple(max(1, c * 3 // 4) for c in crop)
-                return np.stack([sliding_window(self.whole, im, crop, stride) for im in images])
-            return self.whole(images)
-        if settings.mode == "sliding_window":
-            return np.stack(
-                [sliding_window(self.whole, im, settings.crop, settings.stride) for im in images]
-            )
-        return np.stack([overlap_tile(self.raw, self.model, im, settings.tile_in) for im in images])
+            if not self.max_tile or max(h, w) <= self.max_tile:
+                return self.whole(images)
+            crop = (min(h, self.max_tile), min(w, self.max_tile))
+            stride = tuple(max(1, c * 3 // 4) for c in crop)
+            run, plan = self.whole, tiling.sliding_window_plan(h, w, crop, stride)
+        elif settings.mode == "sliding_window":
+            run, plan = self.whole, tiling.sliding_window_plan(h, w, settings.crop, settings.stride)
+        else:
+            run, plan = self.raw, tiling.overlap_tile_plan(self.model, h, w, settings.tile_in)
+        return np.stack([_host_tiled(run, image, plan) for image in images])
 
     def predict(
-        self, images: np.ndarray, settings: InferenceSettings, *, with_variance: bool = False
+        self,
+        images: np.ndarray,
+        settings: inference.InferenceSettings,
+        *,
+        with_variance: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits averaged over the settings' augmentations, as `inference.predict_logits`.
 

@@ -281,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step=total_steps,
             dataset=spec.name,
             split=config.data.eval_split,
-            inference=config.eval.mode,
+            inference=evaluator.settings.mode,
             checkpoint="final",
         )
         figures = evaluation.write_figures(workdir, evaluator, state, eval_metrics)

@@ -5,10 +5,11 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from jaxseg import inference
+from jaxseg import inference, tiling
 from jaxseg.models import build_model
 
 NUM_CLASSES = 3
@@ -92,12 +93,12 @@ def test_padded_unet_whole_image_logits_for_non_multiple_sizes(padded_whole, pad
 
 
 def test_tile_starts_hand_computed():
-    assert inference.tile_starts(10, 4, 3) == [0, 3, 6]
-    assert inference.tile_starts(10, 4, 4) == [0, 4, 6]  # last tile flush with the border
-    assert inference.tile_starts(8, 4, 4) == [0, 4]
-    assert inference.tile_starts(4, 4, 1) == [0]
+    assert tiling.tile_starts(10, 4, 3) == [0, 3, 6]
+    assert tiling.tile_starts(10, 4, 4) == [0, 4, 6]  # last tile flush with the border
+    assert tiling.tile_starts(8, 4, 4) == [0, 4]
+    assert tiling.tile_starts(4, 4, 1) == [0]
     with pytest.raises(ValueError, match="tile <= size"):
-        inference.tile_starts(3, 4, 1)
+        tiling.tile_starts(3, 4, 1)
 
 
 @pytest.mark.parametrize(
@@ -180,13 +181,13 @@ def test_overlap_tile_equals_whole_image_logits(valid_unet, overlap_tile, hw):
 def test_overlap_tile_steps_on_the_pooling_grid():
     """Depth 2 pools with period 4: a 30 px image with 12 px output tiles is padded to 32 and
     tiled at 0, 12, 20 (20 = 32 - 12 is flush and on the grid; 18 = 30 - 12 is not)."""
-    assert inference._overlap_tile_axis(30, 12, 4) == (32, [0, 12, 20])
-    assert inference._overlap_tile_axis(28, 12, 4) == (28, [0, 12, 16])
-    assert inference._overlap_tile_axis(5, 12, 4) == (12, [0])
+    assert tiling.overlap_tile_axis(30, 12, 4) == (32, [0, 12, 20])
+    assert tiling.overlap_tile_axis(28, 12, 4) == (28, [0, 12, 16])
+    assert tiling.overlap_tile_axis(5, 12, 4) == (12, [0])
     # Depth 4, the paper's 572 -> 388 tile: steps of 384, not 388.
-    assert inference._overlap_tile_axis(512, 388, 16) == (516, [0, 128])
+    assert tiling.overlap_tile_axis(512, 388, 16) == (516, [0, 128])
     with pytest.raises(ValueError, match="pooling period"):
-        inference._overlap_tile_axis(30, 4, 16)
+        tiling.overlap_tile_axis(30, 4, 16)
 
 
 def test_overlap_tile_rejects_bad_models_and_tiles(padded_unet, valid_unet):
@@ -229,7 +230,8 @@ def test_flip_tta_averages_the_mirrored_prediction(padded_unet, padded_whole):
     x = _images((1, 8, 8, 2), seed=6)
     plain = np.asarray(padded_whole(variables, x))
     expected = (plain + np.asarray(padded_whole(variables, x[:, :, ::-1]))[:, :, ::-1]) / 2
-    tta = jax.jit(functools.partial(inference.predict_logits, model, flip=True))
+    settings = inference.InferenceSettings(flip=True)
+    tta = jax.jit(functools.partial(inference.predict_logits, model, settings=settings))
     np.testing.assert_allclose(tta(variables, x), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected, plain, atol=1e-4)  # the flip mattered
 
@@ -238,7 +240,8 @@ def test_multiscale_tta_at_scale_one_is_plain_inference(padded_unet, padded_whol
     model, variables = padded_unet
     x = _images((1, 8, 8, 2), seed=7)
     plain = padded_whole(variables, x)
-    ms = jax.jit(functools.partial(inference.predict_logits, model, scales=[1.0]))
+    settings = inference.InferenceSettings(scales=[1.0])
+    ms = jax.jit(functools.partial(inference.predict_logits, model, settings=settings))
     np.testing.assert_array_equal(ms(variables, x), plain)
 
 
@@ -247,9 +250,10 @@ def test_multiscale_tta_of_a_constant_image_is_constant(pointwise):
     model, variables = pointwise
     x = jnp.full((1, 6, 10, 2), 0.5)
     plain = jax.jit(functools.partial(inference.whole_image_logits, model))(variables, x)
-    ms = jax.jit(
-        functools.partial(inference.predict_logits, model, scales=(0.5, 1.0, 1.5), flip=True)
-    )(variables, x)
+    settings = inference.InferenceSettings(scales=(0.5, 1.0, 1.5), flip=True)
+    ms = jax.jit(functools.partial(inference.predict_logits, model, settings=settings))(
+        variables, x
+    )
     assert ms.shape == plain.shape
     np.testing.assert_allclose(ms, plain, rtol=1e-5, atol=1e-6)
 
@@ -258,13 +262,44 @@ def test_predict_logits_dispatches_to_the_named_mode(pointwise):
     model, variables = pointwise
     x = _images((1, 7, 9, 2), seed=8)
     direct = inference.sliding_window_logits(model, variables, x, crop=(4, 4), stride=(4, 4))
-    named = inference.predict_logits(
-        model, variables, x, mode="sliding_window", crop=(4, 4), stride=(4, 4)
-    )
+    settings = inference.InferenceSettings(mode="sliding_window", crop=(4, 4), stride=(4, 4))
+    named = inference.predict_logits(model, variables, x, settings)
     np.testing.assert_array_equal(named, direct)
     with pytest.raises(ValueError, match="valid modes"):
-        inference.predict_logits(model, variables, x, mode="tiles")
+        inference.InferenceSettings(mode="tiles")
     with pytest.raises(ValueError, match="needs crop and stride"):
-        inference.predict_logits(model, variables, x, mode="sliding_window", crop=(4, 4))
+        inference.InferenceSettings(mode="sliding_window", crop=(4, 4))
     with pytest.raises(ValueError, match="needs tile_in"):
-        inference.predict_logits(model, variables, x, mode="overlap_tile")
+        inference.InferenceSettings(mode="overlap_tile")
+
+
+def test_settings_read_config_eval_and_name_its_keys():
+    """config.eval is read in one place: zero sizes are unset, errors name the config key, and a
+    config.json from before isbi_metrics existed still loads (as a run without it)."""
+    # As config.json gives it back: lists, int scales, no isbi_metrics.
+    cfg = ml_collections.ConfigDict(
+        {
+            "mode": "sliding_window",
+            "crop": [32, 24],
+            "stride": [16, 12],
+            "tile_in": [0, 0],
+            "flip": True,
+            "scales": [1, 1.5],
+        }
+    )
+    settings = inference.InferenceSettings.from_eval_config(cfg)
+    assert settings == inference.InferenceSettings(
+        mode="sliding_window", crop=(32, 24), stride=(16, 12), flip=True, scales=(1.0, 1.5)
+    )
+    assert settings.tile_in is None and settings.isbi_metrics is False
+    # flip_tta(multiscale_tta(...)): the flip is the outer loop.
+    assert settings.augmentations == [(False, 1.0), (False, 1.5), (True, 1.0), (True, 1.5)]
+    cfg.stride = [0, 0]
+    with pytest.raises(ValueError, match=r"^config\.eval\.crop, config\.eval\.stride: .*needs"):
+        inference.InferenceSettings.from_eval_config(cfg)
+    cfg.stride = [16, -12]
+    with pytest.raises(ValueError, match=r"^config\.eval\.stride: .*2 positive sides"):
+        inference.InferenceSettings.from_eval_config(cfg)
+    cfg.mode = "tiles"
+    with pytest.raises(ValueError, match=r"^config\.eval\.mode: .*valid modes"):
+        inference.InferenceSettings.from_eval_config(cfg)

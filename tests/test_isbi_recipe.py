@@ -3,6 +3,7 @@ carry the precomputed eq. 2 weight map, warped with the mirror-padded slices, an
 reports the challenge's pixel and Rand errors from the same pass, on 8 devices, equal to a
 numpy recomputation."""
 
+import functools
 from pathlib import Path
 
 import jax
@@ -11,7 +12,16 @@ import pytest
 from PIL import Image
 
 from configs import unet_isbi
-from jaxseg import evaluation, losses, metrics, optim, sharding, train_lib, train_state
+from jaxseg import (
+    evaluation,
+    inference,
+    losses,
+    metrics,
+    optim,
+    sharding,
+    train_lib,
+    train_state,
+)
 from jaxseg.data import datasets, loading, weight_maps
 from jaxseg.models import build_model, input_context
 from jaxseg.models.layers import center_crop
@@ -107,7 +117,8 @@ def test_evaluation_reports_isbi_pixel_and_rand_errors_equal_to_numpy(config):
     state = init(jax.random.key(0))
     result = evaluation.Evaluator(config, model, mesh, spec).evaluate(state)
 
-    predict = jax.jit(evaluation.inference_fn(model, config.eval))
+    settings = inference.InferenceSettings.from_eval_config(config.eval)
+    predict = jax.jit(functools.partial(inference.predict_logits, model, settings=settings))
     variables = train_state.variables_of(state)
     labels, preds = [], []
     for batch in loading.make_eval_iterator(config.data, global_batch_size=8):

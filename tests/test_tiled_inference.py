@@ -18,7 +18,7 @@ from conftest import write_blob_images
 from PIL import Image
 
 import jaxseg
-from jaxseg import evaluation, inference, prediction, sharding, tiled_inference
+from jaxseg import inference, prediction, sharding, tiled_inference
 from jaxseg import workdir as workdir_lib
 from jaxseg.models import build_model
 
@@ -44,12 +44,14 @@ def _normalised(predictor, path):
 
 @functools.cache
 def _eval_fn(model, workdir, fields):
-    """eval's inference (evaluation.inference_fn of config.eval + `fields`), jitted once."""
+    """eval's inference (`evaluation.Evaluator`'s: predict_logits of the settings read from
+    config.eval + `fields`), jitted once."""
     config = workdir_lib.read_config(workdir)
     with config.unlocked():
         for key, value in fields:
             config.eval[key] = value
-    return jax.jit(evaluation.inference_fn(model, config.eval))
+    settings = inference.InferenceSettings.from_eval_config(config.eval)
+    return jax.jit(functools.partial(inference.predict_logits, model, settings=settings))
 
 
 def _eval_logits(predictor, smoke_run, x, **eval_fields):
@@ -62,7 +64,7 @@ def test_sliding_window_and_tta_equal_evals_logits(predictor, smoke_run, images)
     """An image larger than the crop: windows batched over 8 devices, summed on the host."""
     x = _normalised(predictor, images / "a_45x70.png")
     window = dict(mode="sliding_window", crop=(32, 32), stride=(20, 24))
-    settings = tiled_inference.InferenceSettings(**window)
+    settings = inference.InferenceSettings(**window)
     got, _ = predictor.engine.predict(x[None], settings)
     want = _eval_logits(predictor, smoke_run, x, **window)
     np.testing.assert_allclose(got[0], want, atol=1e-5, rtol=1e-5)
@@ -93,7 +95,7 @@ def test_overlap_tile_on_the_host_equals_inference():
     mesh = sharding.make_mesh()
     engine = tiled_inference.Engine.create(model, variables, mesh, batch_size=8)
     x = np.asarray(jax.random.normal(jax.random.key(1), (1, 50, 37, 3)))
-    settings = tiled_inference.InferenceSettings(mode="overlap_tile", tile_in=(44, 44))
+    settings = inference.InferenceSettings(mode="overlap_tile", tile_in=(44, 44))
     got, _ = engine.predict(x, settings)
     want = jax.jit(inference.overlap_tile_logits, static_argnums=0, static_argnames="tile_in")(
         model, variables, x, tile_in=(44, 44)
@@ -101,12 +103,47 @@ def test_overlap_tile_on_the_host_equals_inference():
     np.testing.assert_allclose(got, np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
+def test_device_and_host_sliding_windows_follow_one_plan_on_an_odd_image():
+    """A 13 x 23 image, 16 x 8 windows every 6 px: taller than the image (mirror-padded by 3 rows
+    at the bottom) and with a flush last window along W. A padded U-Net's logits depend on the
+    window around a pixel, so a wrong corner, border or average shows: the device mode and the
+    host engine both equal the numpy average of the hand-listed windows."""
+    model = build_model(
+        ml_collections.ConfigDict(
+            {"name": "unet_padded", "num_classes": 3, "base_width": 2, "depth": 2}
+        )
+    )
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(0), jnp.zeros((1, 16, 8, 3))
+    )
+    x = np.asarray(jax.random.normal(jax.random.key(2), (13, 23, 3)))
+    crop, stride = (16, 8), (6, 6)
+    # Oracle: rows 13-15 mirror rows 11-9; windows start at columns 0, 6, 12 and 15 (flush).
+    padded = np.pad(x, ((0, 3), (0, 0), (0, 0)), mode="reflect")
+    window = jax.jit(functools.partial(inference.whole_image_logits, model))
+    total, count = np.zeros((16, 23, 3), np.float32), np.zeros((16, 23), np.float32)
+    for x0 in (0, 6, 12, 15):
+        total[:, x0 : x0 + 8] += np.asarray(window(variables, padded[None, :, x0 : x0 + 8]))[0]
+        count[:, x0 : x0 + 8] += 1
+    oracle = (total / count[..., None])[:13]
+    assert count.max() == 2  # the windows overlap
+
+    device = jax.jit(
+        functools.partial(inference.sliding_window_logits, model, crop=crop, stride=stride)
+    )(variables, x[None])
+    engine = tiled_inference.Engine.create(model, variables, sharding.make_mesh(), batch_size=8)
+    settings = inference.InferenceSettings(mode="sliding_window", crop=crop, stride=stride)
+    host, _ = engine.predict(x[None], settings)
+    np.testing.assert_allclose(np.asarray(device)[0], oracle, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host[0], oracle, rtol=1e-5, atol=1e-6)
+
+
 def test_big_whole_image_is_tiled_by_max_tile(predictor, smoke_run, images):
     x = _normalised(predictor, images / "d_70x90.png")
     engine = tiled_inference.Engine(
         predictor.model, predictor.engine.whole, predictor.engine.raw, 64
     )
-    got, _ = engine.predict(x[None], tiled_inference.InferenceSettings())
+    got, _ = engine.predict(x[None], inference.InferenceSettings())
     want = _eval_logits(
         predictor, smoke_run, x, mode="sliding_window", crop=(64, 64), stride=(48, 48)
     )
@@ -114,8 +151,9 @@ def test_big_whole_image_is_tiled_by_max_tile(predictor, smoke_run, images):
 
 
 def test_files_of_one_bucket_shape_run_as_one_batch(predictor, images):
-    paths = [str(images / f"{s}.png") for s in SIZES]
-    batches = prediction._batches(predictor, paths, predictor.settings)
+    # The files' own sizes, as predict.py reads them from each header.
+    shapes = [Image.open(images / f"{s}.png").size[::-1] for s in SIZES]
+    batches = prediction.batch_plan(shapes, predictor.settings, predictor)
     # a 45x70, b 40x50 and c 33x60 all pad to 64 x 96 / 64 x 64 / 64 x 64; d to 96 x 96.
     assert sorted(batches) == [[0], [1, 2], [3]]
 
