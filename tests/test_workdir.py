@@ -88,3 +88,41 @@ def test_read_config_errors(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         workdir_lib.read_config(tmp_path)
+
+
+def test_read_metrics_skips_a_torn_last_line_and_names_any_other_bad_one(tmp_path):
+    run = workdir_lib.RunDir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl: train first"):
+        run.read_metrics()
+    assert run.read_metrics(missing_ok=True) == [] and run.latest_logged_step() == 0
+    good = '{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "split": "eval"}\n'
+    run.metrics_jsonl.write_text(good + '{"step": 3, "spl')  # A kill mid-write.
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    assert run.latest_logged_step() == 2
+    run.metrics_jsonl.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2,\n{}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
+        run.read_metrics()
+
+
+def test_run_dir_names_every_file_of_the_layout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = workdir_lib.RunDir("runs/x")
+    assert run.path == tmp_path / "runs" / "x"  # Made absolute: orbax needs it.
+    names = {
+        "config_json": "config.json",
+        "checkpoints": "checkpoints",
+        "corrupt_checkpoints": "corrupt_checkpoints",
+        "metrics_jsonl": "metrics.jsonl",
+        "tensorboard": "tensorboard",
+        "eval_dir": "eval",
+        "report_json": "eval/report.json",
+        "run_info_json": "run_info.json",
+        "lock_file": "train.lock",
+    }
+    for attribute, name in names.items():
+        assert getattr(run, attribute) == run.path / name, attribute
+    assert run.log_file(0) == run.path / "train.log"
+    assert run.log_file(3) == run.path / "train.process3.log"
+    remote = workdir_lib.RunDir("gs://bucket/run")
+    assert os.fspath(remote.metrics_jsonl) == "gs://bucket/run/metrics.jsonl"
+    assert remote.is_remote and remote.log_file(0) is None
