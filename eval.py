@@ -11,7 +11,6 @@ from jaxseg import backend
 backend.configure_xla_flags()  # Before jax is imported.
 
 import json  # noqa: E402
-import os  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -33,7 +32,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logs.route_library_logs()  # library INFO chatter (jax's backend probing, orbax) off the console
     backend.configure_jax_for_backend()
-    if not os.path.isdir(FLAGS.workdir):
+    if not workdir_lib.RunDir(FLAGS.workdir).path.is_dir():  # gs:// too
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     config = FLAGS.config or workdir_lib.read_config(FLAGS.workdir)
     result = evaluation.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint)

@@ -26,11 +26,11 @@ from jaxseg import backend
 
 backend.configure_xla_flags()  # Before jax is imported.
 
-import os  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
 from jaxseg import logs, prediction  # noqa: E402
+from jaxseg import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The trained run directory (config.json, checkpoints/).")
@@ -67,7 +67,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logs.route_library_logs()  # library INFO chatter (jax's backend probing, orbax) off the console
     backend.configure_jax_for_backend()
-    if not os.path.isdir(FLAGS.workdir):
+    if not workdir_lib.RunDir(FLAGS.workdir).path.is_dir():  # gs:// too
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     sizes = lambda v: None if v is None else [int(x) for x in v]
     paths = prediction.predict(

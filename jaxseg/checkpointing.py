@@ -108,7 +108,8 @@ class Checkpointer:
         """
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
-        self.directory = workdir_lib.resolve(workdir) / workdir_lib.CHECKPOINT_DIRNAME
+        self._run = workdir_lib.RunDir(workdir)
+        self.directory = self._run.checkpoints
         self.best_metric = best_metric
 
         def metric_of(metrics: Mapping[str, Any]) -> float:
@@ -302,7 +303,7 @@ class Checkpointer:
                 last_error.step,
                 last_error.path,
                 f"{last_error.cause} (every checkpoint failed to restore; all were moved to "
-                f"{self.directory.parent / workdir_lib.CORRUPT_DIRNAME}; rerun to start from "
+                f"{self._run.corrupt_checkpoints}; rerun to start from "
                 "scratch)",
             )
         return None
@@ -310,7 +311,7 @@ class Checkpointer:
     def _move_aside(self, step: int) -> epath.Path:
         """Renames checkpoint `step` into <workdir>/corrupt_checkpoints/ (process 0)."""
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        target = self.directory.parent / workdir_lib.CORRUPT_DIRNAME / f"{step}.{stamp}"
+        target = self._run.corrupt_checkpoints / f"{step}.{stamp}"
         if self._read_only:
             return self.directory / str(step)  # eval.py never moves anything.
         if jax.process_index() == 0:

@@ -14,7 +14,6 @@ foreground-restricted Rand error of the whole split.
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from jaxseg import inference, metrics, sharding, train_state
+from jaxseg import workdir as workdir_lib
 from jaxseg.data import datasets, loading
 from jaxseg.train_state import variables_of
 
@@ -197,12 +197,13 @@ def write_figures(workdir: str, evaluator: Evaluator, state, result: dict) -> di
     from jaxseg import visualize  # matplotlib: only for reports
 
     spec = evaluator.spec
-    out = os.path.join(workdir, "eval")
+    run = workdir_lib.RunDir(workdir)
+    out = run.eval_dir
     paths = {
         "confusion_matrix": visualize.save_confusion_matrix_png(
             np.asarray(result["confusion_matrix"]),
             list(spec.class_names),
-            os.path.join(out, "confusion_matrix.png"),
+            out / "confusion_matrix.png",
         ),
         "predictions": visualize.save_prediction_grid(
             images,
@@ -210,28 +211,25 @@ def write_figures(workdir: str, evaluator: Evaluator, state, result: dict) -> di
             preds,
             spec.palette,
             spec.class_names,
-            os.path.join(out, "predictions.png"),
+            out / "predictions.png",
         ),
     }
-    curves = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(curves):
-        paths["curves"] = visualize.save_training_curves(curves, os.path.join(out, "curves.png"))
+    records = run.read_metrics(missing_ok=True)
+    if records:
+        paths["curves"] = visualize.save_training_curves(records, out / "curves.png")
     return paths
 
 
 def write_report(workdir: str, result: dict, **meta) -> str:
     """Writes `<workdir>/eval/report.json` (metrics + meta such as step, split) and a per-class
     Markdown table `<workdir>/eval/per_class.md`; primary process only. Returns the JSON path."""
-    out_dir = os.path.join(workdir, "eval")
-    path = os.path.join(out_dir, "report.json")
+    run = workdir_lib.RunDir(workdir)
+    path = run.report_json
     if jax.process_index() != 0:
-        return path
-    os.makedirs(out_dir, exist_ok=True)
-    report = {**meta, **result}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)  # Never leave a half-written report behind.
+        return os.fspath(path)
+    run.eval_dir.mkdir(parents=True, exist_ok=True)
+    # Atomic: never leave a half-written report behind.
+    workdir_lib.write_json(path, {**meta, **result}, indent=2)
     rows = ["| class | IoU | Dice | accuracy | truth pixels |", "| --- | --- | --- | --- | --- |"]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
     for name, c in result["per_class"].items():
@@ -248,9 +246,8 @@ def write_report(workdir: str, result: dict, **meta) -> str:
     ]
     if isbi:
         summary += "; ISBI 2012: " + ", ".join(isbi)
-    with open(os.path.join(out_dir, "per_class.md"), "w") as f:
-        f.write(f"{summary}\n\n" + "\n".join(rows) + "\n")
-    return path
+    (run.eval_dir / "per_class.md").write_text(f"{summary}\n\n" + "\n".join(rows) + "\n")
+    return os.fspath(path)
 
 
 def evaluate_checkpoint(config, workdir: str, checkpoint: str = "best") -> dict:

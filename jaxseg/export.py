@@ -135,7 +135,7 @@ def model_card(predictor, workdir: str, checkpoint, rule: dict, fmt: str, files)
         "jaxseg_version": jaxseg_version(),
         "jax_version": jax.__version__,
         "source": {
-            "workdir": os.path.abspath(workdir),
+            "workdir": os.fspath(workdir_lib.resolve(workdir)),  # gs:// kept as a URL
             "checkpoint": str(checkpoint),
             "step": predictor.step,
             "model": config.model.to_dict(),

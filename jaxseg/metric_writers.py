@@ -21,11 +21,14 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from etils import epath
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 from tensorboard.util import tensor_util
+
+from jaxseg import workdir as workdir_lib
 
 
 class MetricWriter:
@@ -41,24 +44,32 @@ class MetricWriter:
     "discard the events of this split at steps >= s + 1 written before me", so its curves show
     each step once too (TensorBoard's server and `plugin_event_accumulator`; other readers of
     raw event files see both values of a repeated step). Non-primary processes write nothing.
+
+    Object stores (a gs:// workdir) have no append: there each `write` rewrites metrics.jsonl
+    whole (one object write, atomic; the file is small, written at log steps only), and event
+    files become visible when closed or when the file system flushes them.
     """
 
-    def __init__(self, workdir: str, resume_step: int | None = None):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None):
         self._primary = jax.process_index() == 0
         self._jsonl = None
+        self._text = None  # metrics.jsonl's content, where it is rewritten whole (remote).
         self._tb = {}
-        self._workdir = workdir
+        self._run = workdir_lib.RunDir(workdir)
         if self._primary:
-            os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
+            self._run.path.mkdir(parents=True, exist_ok=True)
             if resume_step is not None:
-                _drop_records_after(path, resume_step)
-                _mark_tensorboard_restart(os.path.join(workdir, "tensorboard"), resume_step)
-            self._jsonl = open(path, "a")  # noqa: SIM115
+                _drop_records_after(self._run, resume_step)
+                _mark_tensorboard_restart(self._run.tensorboard, resume_step)
+            path = self._run.metrics_jsonl
+            if self._run.is_remote:
+                self._text = path.read_text() if path.exists() else ""
+            else:
+                self._jsonl = path.open("a")
 
     def _tb_writer(self, split: str) -> _EventFile:
         if split not in self._tb:
-            self._tb[split] = _EventFile(os.path.join(self._workdir, "tensorboard", split))
+            self._tb[split] = _EventFile(self._run.tensorboard / split)
         return self._tb[split]
 
     def write(self, step: int, scalars: Mapping[str, float], split: str = "train") -> None:
@@ -67,8 +78,13 @@ class MetricWriter:
             return
         record = {"step": int(step), "split": split, "time": time.time()}
         record.update({k: float(v) for k, v in scalars.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record) + "\n"
+        if self._jsonl is not None:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._text += line
+            self._run.metrics_jsonl.write_text(self._text)
         values = {k: tensor_util.make_tensor_proto(np.float32(v)) for k, v in scalars.items()}
         self._tb_writer(split).write(int(step), values, "scalars")
 
@@ -105,14 +121,14 @@ class _EventFile:
     it) goes with its first value only, as tf.summary does.
     """
 
-    def __init__(self, folder: str):
-        os.makedirs(folder, exist_ok=True)
+    def __init__(self, folder: epath.Path):
+        folder.mkdir(parents=True, exist_ok=True)
         now = time.time()
         # TensorBoard reads a folder's files in name order: time first, then a per-process count
         # (two writers of one folder in one second must neither collide nor swap order).
         name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
         name += f".{next(_FILE_COUNT):06d}.v2"
-        self._records = RecordWriter(open(os.path.join(folder, name), "wb"))  # noqa: SIM115
+        self._records = RecordWriter((folder / name).open("wb"))
         self._tagged: set[str] = set()
         self._add(event_pb2.Event(wall_time=now, file_version="brain.Event:2"))
 
@@ -141,45 +157,35 @@ _METADATA = {
 }
 
 
-def _drop_records_after(path: str, step: int) -> int:
+def _drop_records_after(run: workdir_lib.RunDir, step: int) -> int:
     """Rewrites metrics.jsonl without records whose step is > `step`; returns how many went.
 
     A torn last line (a kill mid-write) is dropped too.
     """
-    if not os.path.exists(path):
+    path = run.metrics_jsonl
+    if not path.exists():
         return 0
-    with open(path) as f:
-        lines = f.readlines()
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if int(record.get("step", 0)) <= step:
-            kept.append(json.dumps(record) + "\n")
-    dropped = len(lines) - len(kept)
+    lines = path.read_text().splitlines()
+    kept = [json.dumps(r) + "\n" for r in run.read_metrics() if int(r.get("step", 0)) <= step]
+    dropped = len([line for line in lines if line.strip()]) - len(kept)
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        workdir_lib.write_text(path, "".join(kept))
         logging.info("metrics.jsonl: dropped %d record(s) after the resumed step %d", dropped, step)
     return dropped
 
 
-def _mark_tensorboard_restart(tb_dir: str, step: int) -> None:
+def _mark_tensorboard_restart(tb_dir: epath.Path, step: int) -> None:
     """Writes a SessionLog START at `step` + 1 into each existing split folder (see above)."""
-    if not os.path.isdir(tb_dir):
+    if not tb_dir.is_dir():
         return
-    splits = [d for d in sorted(os.listdir(tb_dir)) if os.path.isdir(os.path.join(tb_dir, d))]
+    splits = sorted(d for d in tb_dir.iterdir() if d.is_dir())
     if not splits:
         return
     now = time.time()
     for split in splits:
         # Event files are TFRecords of Event protos, read in file-name (= creation time) order.
         name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.restart-{step}"
-        with open(os.path.join(tb_dir, split, name), "wb") as f:
+        with (split / name).open("wb") as f:
             records = RecordWriter(f)
             start = event_pb2.Event(
                 wall_time=now,

@@ -22,8 +22,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg import sharding
-
-FILENAME = "run_info.json"
+from jaxseg import workdir as workdir_lib
 
 
 def git_state(path: str) -> dict[str, Any] | None:
@@ -99,17 +98,12 @@ def record(workdir: str, config, mesh, params, start_step: int) -> str | None:
     """
     if jax.process_index() != 0:
         return None
-    path = os.path.join(workdir, FILENAME)
+    run = workdir_lib.RunDir(workdir)
     info = describe(config, mesh, params)
-    previous = []
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f).get("invocations", [])
+    previous = (run.read_run_info() or {}).get("invocations", [])
     entry = {k: info[k] for k in ("time", "git", "devices")}
     info["invocations"] = [*previous, {**entry, "start_step": int(start_step)}]
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # A crash never leaves a truncated file.
-    return path
+    run.path.mkdir(parents=True, exist_ok=True)
+    # Atomic: a crash never leaves a truncated file.
+    workdir_lib.write_json(run.run_info_json, info, indent=2, sort_keys=True)
+    return os.fspath(run.run_info_json)

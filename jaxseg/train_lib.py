@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -166,9 +165,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     was being built, which is then removed, not left half-done). Failures raise (Python's exit
     status 1).
     """
-    log_file = None
-    if not workdir_lib.is_remote(workdir):
-        log_file = os.path.join(workdir, workdir_lib.log_filename(jax.process_index()))
+    run_dir = workdir_lib.RunDir(workdir)
+    log_file = run_dir.log_file(jax.process_index())  # None for gs://: logging appends.
     logs.route_library_logs(log_file)
     logging.info(
         "Config: %s on %s, %d steps of batch %d; in full in %s, library logs in %s",
@@ -176,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         config.data.name,
         config.total_steps,
         config.batch_size,
-        os.path.join(workdir, workdir_lib.CONFIG_FILENAME),
+        run_dir.config_json,
         log_file or "(none: remote workdir)",
     )
     try:

@@ -8,11 +8,11 @@ window, whatever the user's environment.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -95,11 +95,15 @@ def overlay(
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def _save(fig: Figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def _save(fig: Figure, path: str | os.PathLike) -> str:
+    """Writes `fig` at `path` (local or any epath URL, e.g. a gs:// run's eval/), format by
+    suffix; returns the path as a string."""
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # Attaches the Agg canvas; no pyplot state involved.
-    fig.savefig(path)
-    return path
+    with target.open("wb") as f:
+        fig.savefig(f, format=target.suffix.lstrip(".") or "png")
+    return os.fspath(path)
 
 
 def row_normalize(cm: np.ndarray) -> np.ndarray:
@@ -322,22 +326,6 @@ def save_prediction_grid(
     return _save(fig, path)
 
 
-def read_metrics(metrics_jsonl_path: str) -> list[dict]:
-    """The records of a run's metrics.jsonl, one dict per line; errors name the file and line."""
-    if not os.path.exists(metrics_jsonl_path):
-        raise FileNotFoundError(f"no metrics file {metrics_jsonl_path}: train first (train.py)")
-    records = []
-    with open(metrics_jsonl_path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{metrics_jsonl_path}:{number} is not valid JSON: {e}") from e
-    return records
-
-
 def metric_series(records: list[dict], split: str, key: str) -> tuple[list[int], list[float]]:
     """(steps ascending, values) of `key` in the records of `split`; one value per step."""
     # A resumed run can log a step twice; the later record (file order) wins.
@@ -346,19 +334,19 @@ def metric_series(records: list[dict], split: str, key: str) -> tuple[list[int],
     return steps, [latest[s] for s in steps]
 
 
-def save_training_curves(metrics_jsonl_path: str, path: str) -> str:
+def save_training_curves(records: list[dict], path: str | os.PathLike) -> str:
     """Three panels vs step: loss (train, and eval if logged), learning rate, validation mIoU.
 
     Args:
-      metrics_jsonl_path: a run's metrics.jsonl (records {"step", "split", "loss", ...}).
-      path: PNG to write.
+      records: a run's metrics.jsonl records {"step", "split", "loss", ...}
+        (`jaxseg.workdir.RunDir.read_metrics`).
+      path: PNG to write (local or any epath URL).
 
     Returns:
       `path`. A panel whose series was never logged says so instead of being blank.
     """
-    records = read_metrics(metrics_jsonl_path)
     if not records:
-        raise ValueError(f"{metrics_jsonl_path} has no records")
+        raise ValueError("no metrics records to plot: train first (train.py)")
     panels = (
         ("loss", [("train", "loss"), ("eval", "loss")]),
         ("learning rate", [("train", "learning_rate")]),

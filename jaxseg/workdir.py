@@ -1,19 +1,25 @@
-"""The run directory (workdir): its layout, its config.json, path resolution, the train lock.
+"""The run directory (workdir): every path in it, every reader of it, the train lock.
 
-Layout of a run:
-  <workdir>/config.json             the resolved config (`write_config`; older differing ones
-                                    are kept as config.<UTC timestamp>.json)
-  <workdir>/train.lock              held by the one training process writing the run
-  <workdir>/train.log               every log line, the libraries' too (jaxseg.logs)
+Layout of a run (`RunDir` names each of these; nothing else builds their paths):
+  <workdir>/config.json             the resolved config (`RunDir.write_config`; older differing
+                                    ones are kept as config.<UTC timestamp>.json)
+  <workdir>/train.lock              held by the one training process writing the run (local only)
+  <workdir>/train.log               every log line, the libraries' too (jaxseg.logs; local only)
   <workdir>/checkpoints/<step>/     orbax checkpoints (jaxseg.checkpointing)
   <workdir>/corrupt_checkpoints/    checkpoints that failed to restore, moved aside, never deleted
-  <workdir>/metrics.jsonl           train/eval scalars (jaxseg.metric_writers), tensorboard/ too
+  <workdir>/metrics.jsonl           train/eval scalars (jaxseg.metric_writers; `read_metrics`)
+  <workdir>/tensorboard/<split>/    the same scalars as TensorBoard event files
   <workdir>/run_info.json           provenance of each invocation (jaxseg.run_info)
   <workdir>/eval/                   report.json, per_class.md and figures (jaxseg.evaluation)
 
+Every file goes through `etils.epath`, so a `gs://` (or any URL epath serves: s3://, az://)
+workdir holds all of it, not only the checkpoints. Two exceptions, both local-only by design: the
+train lock needs an exclusive create, which object stores do not have, and train.log is a
+`logging.FileHandler`, which appends to an open local file (`TrainLock`, `RunDir.log_file`).
+
 orbax refuses relative checkpoint paths, and a relative path means something else once anything
 changes the working directory. `resolve` is applied where a workdir enters a component that
-writes or reads it by path (the Checkpointer, through which train, eval, predict and
+writes or reads it by path (`RunDir`, the Checkpointer, through which train, eval, predict and
 `init_from` all pass), so every caller may hand in what the user typed.
 """
 
@@ -27,7 +33,6 @@ import socket
 import time
 from typing import Any
 
-import jax
 import ml_collections
 from etils import epath
 
@@ -35,6 +40,11 @@ CONFIG_FILENAME = "config.json"
 TRAIN_LOG_FILENAME = "train.log"
 CHECKPOINT_DIRNAME = "checkpoints"
 CORRUPT_DIRNAME = "corrupt_checkpoints"
+METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
+EVAL_DIRNAME = "eval"
+REPORT_FILENAME = "report.json"
+RUN_INFO_FILENAME = "run_info.json"
 
 
 def log_filename(process_index: int) -> str:
@@ -88,7 +98,8 @@ class TrainLock:
     """
 
     def __init__(self, workdir: str | os.PathLike):
-        self._path = None if is_remote(workdir) else os.path.join(resolve(workdir), LOCK_FILENAME)
+        run = RunDir(workdir)
+        self._path = None if run.is_remote else os.fspath(run.lock_file)
         self._held = False
 
     @property
@@ -198,47 +209,192 @@ def _when(timestamp) -> str:
 
 
 def write_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> epath.Path:
-    """Writes the resolved `config` as `<workdir>/config.json` (process 0 only).
-
-    A resumed run overwrites config.json; if the existing one differs (a changed flag on
-    resume), it is first kept as `config.<UTC timestamp>.json` so the run's history stays
-    readable. Values that JSON cannot hold (e.g. tuples) are stored in their JSON form.
-
-    Returns:
-      The path of config.json.
-    """
-    workdir = epath.Path(workdir)
-    path = workdir / CONFIG_FILENAME
-    if jax.process_index() != 0:
-        return path
-    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
-    workdir.mkdir(parents=True, exist_ok=True)
-    if path.exists() and _read_json(path) != json.loads(text):
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-        backup = workdir / f"config.{stamp}.json"
-        suffix = 1
-        while backup.exists():  # Two changes within one second.
-            backup = workdir / f"config.{stamp}-{suffix}.json"
-            suffix += 1
-        path.rename(backup)
-        logging.warning("Config changed since the last run; previous one kept as %s.", backup)
-    # Write then rename, so a crash never leaves a truncated config.json behind.
-    tmp = workdir / (CONFIG_FILENAME + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    """`RunDir(workdir).write_config(config)`."""
+    return RunDir(workdir).write_config(config)
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Reads `<workdir>/config.json` written by `write_config` (tuples come back as lists)."""
-    path = epath.Path(workdir) / CONFIG_FILENAME
-    if not path.exists():
-        raise FileNotFoundError(f"No {CONFIG_FILENAME} in {workdir}: is it a jaxseg workdir?")
-    return ml_collections.ConfigDict(_read_json(path))
+    """`RunDir(workdir).read_config()`."""
+    return RunDir(workdir).read_config()
 
 
-def _read_json(path: epath.Path) -> Any:
+class RunDir:
+    """One run directory: the path of each of its files and the one reader of each.
+
+    `path` is `resolve(workdir)`: absolute, or a URL (gs://...) untouched. Paths are
+    `epath.Path`s; open them with their own `.open()` / `.read_text()`, never `open()`.
+
+    Usage:
+      run = RunDir("runs/default")
+      records = run.read_metrics()      # [{"step": 100, "split": "train", "loss": ...}, ...]
+      report = run.read_report()        # eval/report.json, or None before the final eval
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = resolve(workdir)
+
+    def __repr__(self) -> str:
+        return f"RunDir({os.fspath(self.path)!r})"
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the run lives on an object store (gs://...): no append, no exclusive create."""
+        return is_remote(self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    @property
+    def config_json(self) -> epath.Path:
+        return self.path / CONFIG_FILENAME
+
+    @property
+    def checkpoints(self) -> epath.Path:
+        return self.path / CHECKPOINT_DIRNAME
+
+    @property
+    def corrupt_checkpoints(self) -> epath.Path:
+        return self.path / CORRUPT_DIRNAME
+
+    @property
+    def metrics_jsonl(self) -> epath.Path:
+        return self.path / METRICS_FILENAME
+
+    @property
+    def tensorboard(self) -> epath.Path:
+        """The TensorBoard log dir: one folder of event files per split ("train", "eval")."""
+        return self.path / TENSORBOARD_DIRNAME
+
+    @property
+    def eval_dir(self) -> epath.Path:
+        """report.json, per_class.md and the figures (confusion_matrix.png, ...)."""
+        return self.path / EVAL_DIRNAME
+
+    @property
+    def report_json(self) -> epath.Path:
+        return self.eval_dir / REPORT_FILENAME
+
+    @property
+    def run_info_json(self) -> epath.Path:
+        return self.path / RUN_INFO_FILENAME
+
+    @property
+    def lock_file(self) -> epath.Path:
+        return self.path / LOCK_FILENAME
+
+    def log_file(self, process_index: int) -> epath.Path | None:
+        """The library log of one process (jaxseg.logs), None for a remote run: a
+        `logging.FileHandler` keeps a local file open for appending, which object stores lack."""
+        if self.is_remote:
+            return None
+        return self.path / log_filename(process_index)
+
+    def write_config(self, config: ml_collections.ConfigDict) -> epath.Path:
+        """Writes the resolved `config` as config.json (process 0 only); returns its path.
+
+        A resumed run overwrites config.json; if the existing one differs (a changed flag on
+        resume), it is first kept as `config.<UTC timestamp>.json` so the run's history stays
+        readable. Values that JSON cannot hold (e.g. tuples) are stored in their JSON form.
+        """
+        import jax  # Not at the top: the run's readers (sweep reports) need no jax.
+
+        path = self.config_json
+        if jax.process_index() != 0:
+            return path
+        text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and read_json(path) != json.loads(text):
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+            backup = self.path / f"config.{stamp}.json"
+            suffix = 1
+            while backup.exists():  # Two changes within one second.
+                backup = self.path / f"config.{stamp}-{suffix}.json"
+                suffix += 1
+            path.rename(backup)
+            logging.warning("Config changed since the last run; previous one kept as %s.", backup)
+        write_text(path, text)
+        return path
+
+    def read_config(self) -> ml_collections.ConfigDict:
+        """config.json as written by `write_config` (tuples come back as lists)."""
+        if not self.config_json.exists():
+            raise FileNotFoundError(f"No {CONFIG_FILENAME} in {self.path}: is it a jaxseg workdir?")
+        return ml_collections.ConfigDict(read_json(self.config_json))
+
+    def read_metrics(self, *, missing_ok: bool = False) -> list[dict]:
+        """metrics.jsonl's records in file order, one dict per line.
+
+        A torn last line (a run killed mid-write) is skipped; any other line that is not JSON
+        raises an error naming the file and line. A missing file raises FileNotFoundError, or
+        gives [] with `missing_ok`.
+        """
+        path = self.metrics_jsonl
+        if not path.exists():
+            if missing_ok:
+                return []
+            raise FileNotFoundError(f"no metrics file {path}: train first (train.py)")
+        lines = path.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if number == len(lines):
+                    logging.warning("%s:%d is torn (a killed write); skipped.", path, number)
+                    continue
+                raise ValueError(f"{path}:{number} is not valid JSON: {e}") from e
+        return records
+
+    def latest_logged_step(self) -> int:
+        """The step of metrics.jsonl's last complete record (0 if none); reads its tail only."""
+        try:
+            with self.metrics_jsonl.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                lines = f.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            return 0
+        for line in reversed(lines):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue  # A torn last line, or the cut-off first one of the tail.
+        return 0
+
+    def read_report(self) -> dict | None:
+        """eval/report.json (written by the final eval and by eval.py), None if absent."""
+        return read_json(self.report_json) if self.report_json.exists() else None
+
+    def read_run_info(self) -> dict | None:
+        """run_info.json (jaxseg.run_info), None if absent."""
+        return read_json(self.run_info_json) if self.run_info_json.exists() else None
+
+
+def write_text(path: epath.Path, text: str) -> None:
+    """Writes `text` to `path` so that no reader ever sees a half-written file.
+
+    Locally: write a sibling .tmp, then rename over `path`. On an object store a plain write
+    is already atomic per object (and a rename is a copy and a delete), so it is written in place.
+    """
+    path = epath.Path(path)
+    if is_remote(path):
+        path.write_text(text)
+        return
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_json(path: epath.Path, obj: Any, **dump_kwargs) -> None:
+    """`obj` as JSON at `path`, atomically (`write_text`)."""
+    write_text(path, json.dumps(obj, **dump_kwargs))
+
+
+def read_json(path: epath.Path) -> Any:
+    """The JSON at `path`; an invalid file raises an error naming it."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(epath.Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e

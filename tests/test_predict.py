@@ -206,12 +206,11 @@ def test_missing_inputs_and_checkpoints_are_clear_errors(workdir, tmp_path):
 
 
 def test_training_curves_of_the_run(workdir, tmp_path):
-    path = visualize.save_training_curves(str(workdir / "metrics.jsonl"), str(tmp_path / "c.png"))
+    records = workdir_lib.RunDir(workdir).read_metrics()
+    path = visualize.save_training_curves(records, str(tmp_path / "c.png"))
     pixels = np.asarray(Image.open(path).convert("RGB"))
     assert pixels.shape == (400, 1500, 3) and pixels.std() > 0
-    steps, _ = visualize.metric_series(
-        visualize.read_metrics(str(workdir / "metrics.jsonl")), "eval", "mean_iou"
-    )
+    steps, _ = visualize.metric_series(records, "eval", "mean_iou")
     assert steps == [3, 6]  # smoke: eval every 3 of 6 steps
 
 

@@ -1,4 +1,5 @@
-"""jaxseg/workdir.py: the training lock (exclusive, names its holder, stale locks taken over)."""
+"""jaxseg/workdir.py: the run directory's layout and readers, the training lock (exclusive,
+names its holder, stale locks taken over), and a training run whose workdir is gs://."""
 
 import json
 import os
@@ -6,8 +7,14 @@ import socket
 import subprocess
 import sys
 
+import fsspec
 import ml_collections
+import numpy as np
 import pytest
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.util import tensor_util
 
 from jaxseg import workdir as workdir_lib
 
@@ -88,3 +95,135 @@ def test_read_config_errors(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         workdir_lib.read_config(tmp_path)
+
+
+def test_read_metrics_skips_a_torn_last_line_and_names_any_other_bad_one(tmp_path):
+    run = workdir_lib.RunDir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl: train first"):
+        run.read_metrics()
+    assert run.read_metrics(missing_ok=True) == [] and run.latest_logged_step() == 0
+    good = '{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "split": "eval"}\n'
+    run.metrics_jsonl.write_text(good + '{"step": 3, "spl')  # A kill mid-write.
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    assert run.latest_logged_step() == 2
+    run.metrics_jsonl.write_text('{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2,\n{}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2 is not valid JSON"):
+        run.read_metrics()
+
+
+def test_run_dir_names_every_file_of_the_layout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = workdir_lib.RunDir("runs/x")
+    assert run.path == tmp_path / "runs" / "x"  # Made absolute: orbax needs it.
+    names = {
+        "config_json": "config.json",
+        "checkpoints": "checkpoints",
+        "corrupt_checkpoints": "corrupt_checkpoints",
+        "metrics_jsonl": "metrics.jsonl",
+        "tensorboard": "tensorboard",
+        "eval_dir": "eval",
+        "report_json": "eval/report.json",
+        "run_info_json": "run_info.json",
+        "lock_file": "train.lock",
+    }
+    for attribute, name in names.items():
+        assert getattr(run, attribute) == run.path / name, attribute
+    assert run.log_file(0) == run.path / "train.log"
+    assert run.log_file(3) == run.path / "train.process3.log"
+    remote = workdir_lib.RunDir("gs://bucket/run")
+    assert os.fspath(remote.metrics_jsonl) == "gs://bucket/run/metrics.jsonl"
+    assert remote.is_remote and remote.log_file(0) is None
+
+
+class _FakeGCS(DirFileSystem):
+    """fsspec's gs:// served from a local folder (`ROOT`/<bucket>/...), refusing appends as an
+    object store does. etils.epath's fsspec backend asks fsspec for "gcs" (gcsfs, absent here)."""
+
+    protocol = ("gs", "gcs")
+    ROOT = ""
+
+    def __init__(self, *args, **kwargs):  # epath passes gcsfs's finalize_on_close=True.
+        super().__init__(path=self.ROOT, fs=LocalFileSystem())
+
+    def open(self, path, mode="rb", *args, **kwargs):
+        if "a" in mode:
+            raise NotImplementedError(f"object stores have no append ({path})")
+        return super().open(path, mode, *args, **kwargs)
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+    """gs://<bucket>/... lives under the returned local folder, for epath, orbax and tensorstore.
+
+    Faked, and so not covered: the GCS service itself. epath is sent to its fsspec backend
+    (where TensorFlow is installed it would use tf.io.gfile, which talks to real GCS) and fsspec's
+    "gcs" protocol to `_FakeGCS`. orbax writes a gs:// checkpoint's arrays through tensorstore's
+    "gcs" kvstore driver (network only, no fsspec), so `get_kvstore_for_gcs` is pointed at the
+    same folder with the "file" driver, and orbax's probe for a hierarchical-namespace bucket
+    (google-cloud-storage, network) answers no. Everything else of orbax's GCS path is real: its
+    checkpoint directories, the commit-file atomicity it uses on GCS instead of renames.
+    """
+    from etils.epath import backend, gpath
+    from orbax.checkpoint._src.path import gcs_utils
+
+    root = tmp_path / "gcs"
+    root.mkdir()
+    monkeypatch.setattr(_FakeGCS, "ROOT", str(root))
+    fsspec.register_implementation("gcs", _FakeGCS, clobber=True)
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+
+    def kvstore(path):
+        bucket, key = gcs_utils.parse_gcs_path(path, add_trailing_slash=False)
+        return {"driver": "file", "path": str(root / bucket / key)}
+
+    monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs", kvstore)
+    _FakeGCS.clear_instance_cache()
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    yield root
+    fsspec.register_implementation("gcs", "gcsfs.GCSFileSystem", clobber=True)  # fsspec's own
+    _FakeGCS.clear_instance_cache()
+    backend.fsspec_backend._get_filesystem.cache_clear()
+
+
+def test_a_gs_workdir_gets_every_artefact_and_resumes_from_it(fake_gcs, tmp_path, monkeypatch):
+    from configs import smoke
+    from jaxseg import checkpointing, train_lib
+
+    monkeypatch.chdir(tmp_path)  # A file opened with open("gs://...") would land in ./gs:
+    workdir = "gs://bucket/runs/smoke"
+    local = fake_gcs / "bucket" / "runs" / "smoke"  # What the bucket holds.
+    config = smoke.get_config()
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.max_steps_per_run = 3  # The first invocation stops at the step-3 checkpoint.
+    assert train_lib.run(config, workdir) == train_lib.EXIT_STOPPED_EARLY
+    assert workdir_lib.RunDir(workdir).latest_logged_step() == 3
+    assert train_lib.run(config, workdir) == train_lib.EXIT_FINISHED
+
+    assert not (tmp_path / "gs:").exists()
+    run = workdir_lib.RunDir(workdir)
+    assert run.read_config().total_steps == 6
+    records = run.read_metrics()
+    keys = [(r["step"], r["split"]) for r in records]
+    assert len(keys) == len(set(keys)) and (6, "eval") in keys  # The resume repeated nothing.
+    assert {s for s, split in keys if split == "train"} == {2, 4, 6}
+    info = run.read_run_info()
+    assert [i["start_step"] for i in info["invocations"]] == [0, 3]  # Resumed, not restarted.
+    report = run.read_report()
+    assert report["step"] == 6 and report["mean_iou"] == records[-1]["mean_iou"]
+    for name in ("report.json", "per_class.md", "confusion_matrix.png", "predictions.png"):
+        assert (local / "eval" / name).stat().st_size > 0, name
+    assert (local / "eval" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    # TensorBoard reads the bucket's event files: each eval step once, as metrics.jsonl has it.
+    acc = plugin_event_accumulator.EventAccumulator(str(local / "tensorboard" / "eval"))
+    acc.Reload()
+    evals = {
+        e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors("mean_iou")
+    }
+    expected = {r["step"]: r["mean_iou"] for r in records if r["split"] == "eval"}
+    assert evals == {step: float(np.float32(v)) for step, v in expected.items()}  # float32 in TB
+    with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:
+        assert ckpt.all_steps() == [3, 6]
+    assert sorted(p.name for p in (local / "checkpoints").iterdir()) == ["3", "6"]
+    # Local-only by design (workdir.py): no lock (no exclusive create), no train.log (appends).
+    assert not (local / "train.lock").exists() and not (local / "train.log").exists()
