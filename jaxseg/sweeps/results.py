@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 from typing import Any
 
 import numpy as np
 
+from jaxseg import workdir as workdir_lib
 from jaxseg.sweeps.spec import Plan, Run
 
 METRICS = ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")
@@ -46,15 +46,12 @@ def read_result(run: Run) -> RunResult | None:
     report = read_report(run)
     if report is None:
         return None
-    records = read_metrics(run.workdir)
+    run_dir = workdir_lib.RunDir(run.workdir)
+    records = run_dir.read_metrics(missing_ok=True)
     evals = {r["step"]: r["mean_iou"] for r in records if r.get("split") == "eval"}
     steps = sorted(evals)
     rates = [r["images_per_sec"] for r in records if "images_per_sec" in r]
-    info_path = os.path.join(run.workdir, "run_info.json")
-    info = None
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            info = json.load(f)
+    info = run_dir.read_run_info()
     return RunResult(
         run=run,
         report=report,
@@ -67,41 +64,10 @@ def read_result(run: Run) -> RunResult | None:
 
 def read_report(run: Run) -> dict | None:
     """The run's eval/report.json if it scores the final step (eval.py may rewrite it)."""
-    path = os.path.join(run.workdir, "eval", "report.json")
-    if not os.path.exists(path):
+    report = workdir_lib.RunDir(run.workdir).read_report()
+    if report is None:
         return None
-    with open(path) as f:
-        report = json.load(f)
     return report if report.get("step") == int(run.config.total_steps) else None
-
-
-def read_metrics(workdir: str, *, tail_bytes: int | None = None) -> list[dict]:
-    """The records of `<workdir>/metrics.jsonl`, in file order; [] when there is no such file.
-
-    The one reader of a run's metrics.jsonl here (results and the runner's progress line).
-    With `tail_bytes`, only the file's last `tail_bytes` bytes are read (polling a long run
-    stays cheap), and lines that do not parse are skipped: the first may be cut by the seek and
-    the last half-written. Without it, the whole file is read and a bad line raises.
-    """
-    path = os.path.join(workdir, "metrics.jsonl")
-    try:
-        with open(path, "rb") as f:
-            if tail_bytes is not None:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - tail_bytes))
-            text = f.read().decode(errors="replace" if tail_bytes is not None else "strict")
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if tail_bytes is None:
-                raise
-    return records
 
 
 def _wall_time(info: dict | None, records: list[dict]) -> float | None:

@@ -24,7 +24,8 @@ from typing import TextIO
 
 import numpy as np
 
-from jaxseg.sweeps.results import collect, read_metrics, read_report
+from jaxseg import workdir as workdir_lib
+from jaxseg.sweeps.results import collect, read_report
 from jaxseg.sweeps.spec import REPO_ROOT, Plan, Run
 
 
@@ -143,27 +144,11 @@ class RunState:
 def run_state(run: Run) -> RunState:
     """Reads `run`'s checkpoints/ and eval/report.json (no jax needed)."""
     total = int(run.config.total_steps)
-    ckpt_dir = os.path.join(run.workdir, "checkpoints")
-    steps = [int(n) for n in _listdir(ckpt_dir) if n.isdigit()]  # Partial saves have a suffix.
+    ckpt_dir = workdir_lib.RunDir(run.workdir).checkpoints
+    names = [p.name for p in ckpt_dir.iterdir()] if ckpt_dir.exists() else []
+    steps = [int(n) for n in names if n.isdigit()]  # Partial saves have a suffix.
     report = read_report(run)
     return RunState(step=max(steps, default=0), total_steps=total, has_report=report is not None)
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
-def latest_logged_step(workdir: str) -> int:
-    """The step of the last line of `<workdir>/metrics.jsonl` (0 if none); reads its tail only."""
-    for record in reversed(read_metrics(workdir, tail_bytes=4096)):
-        try:
-            return int(record["step"])
-        except (ValueError, KeyError):
-            continue
-    return 0
 
 
 class _Stopper:
@@ -301,7 +286,7 @@ def _run_child(plan_, run, env, stopper, out, head, tty, poll_s) -> int:
                 return child.wait(timeout=poll_s)
             except subprocess.TimeoutExpired:
                 if tty:
-                    step = latest_logged_step(run.workdir)
+                    step = workdir_lib.RunDir(run.workdir).latest_logged_step()
                     out.write(f"\r{head}: step {step}/{run.config.total_steps}")
                     out.flush()
     finally:
