@@ -233,15 +233,6 @@ def segment_batch(
     return out
 
 
-def predict_image(
-    predictor: Predictor,
-    image: np.ndarray,
-    settings: inference.InferenceSettings | None = None,
-) -> np.ndarray:
-    """image: float32 [H, W, C] in [0, 1] -> uint8 class ids [H, W]."""
-    return segment_batch(predictor, [image], settings)[0].labels
-
-
 # Every file predict writes says so (PNG "Software" text chunk, npz `written_by` entry): an
 # existing file is replaced only when it carries this mark and --force is given (`check_outputs`).
 WRITTEN_BY = "jaxseg predict"
@@ -270,12 +261,6 @@ def save_unit_png(values: np.ndarray, path: str) -> None:
     data = np.rint(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
     # Level 1: smooth probability maps compress almost as well as at PIL's default 6, far faster.
     _save_png(Image.fromarray(data), path, compress_level=1)
-
-
-def read_unit_png(path: str) -> np.ndarray:
-    """Inverse of `save_unit_png`: float32 [H, W] in [0, 1]."""
-    with Image.open(path) as img:
-        return np.asarray(img, np.float32) / 65535
 
 
 def save_probabilities(

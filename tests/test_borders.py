@@ -55,7 +55,7 @@ def test_train_eval_and_predict_pad_alike_and_give_the_same_valid_logits():
         model=model,
         engine=engine,
     )
-    labels = prediction.predict_image(predictor, pixels)
+    labels = prediction.segment_batch(predictor, [pixels])[0].labels
     # What predict.py feeds the model: the image normalised, then padded to its bucket.
     normalised = (pixels - np.float32(cfg.mean)) / np.float32(cfg.std)
     predicted = prediction.pad_to_bucket(normalised, prediction.BUCKET)[None]

@@ -95,7 +95,7 @@ def test_mask_equals_argmax_of_whole_image_logits(workdir, predictor, images, tm
 def test_same_bucket_compiles_once(predictor):
     before = predictor.predict._cache_size()
     for h, w in [(33, 50), (40, 64), (64, 60)]:  # all pad to 64 x 64
-        prediction.predict_image(predictor, np.full((h, w, 3), 0.5, np.float32))
+        prediction.segment_batch(predictor, [np.full((h, w, 3), 0.5, np.float32)])
     assert predictor.predict._cache_size() - before <= 1
 
 
@@ -306,6 +306,6 @@ def test_16bit_images_predict_masks_equal_eval_predictions(em_run, tmp_path):
     assert all(0 < p.mean() < 1 for p in eval_preds), [p.mean() for p in eval_preds]
     old_rule = [np.asarray(Image.open(p), np.float32)[..., None] / 65535 for p in val]
     assert any(
-        not np.array_equal(prediction.predict_image(predictor, x), m)
+        not np.array_equal(prediction.segment_batch(predictor, [x])[0].labels, m)
         for x, m in zip(old_rule, predicted_masks, strict=True)
     )

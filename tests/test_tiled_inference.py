@@ -169,9 +169,9 @@ def test_confidence_maps_match_numpy_oracles(predictor, images, tmp_path):
         assert list(saved["class_names"]) == list(predictor.class_names)
         probs = saved["probabilities"].astype(np.float32)  # float16 on disk: ~5e-4 relative
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=5e-3)
-        maxprob = prediction.read_unit_png(str(tmp_path / f"{stem}_maxprob.png"))
-        entropy = prediction.read_unit_png(str(tmp_path / f"{stem}_entropy.png"))
-        variance = prediction.read_unit_png(str(tmp_path / f"{stem}_tta_variance.png"))
+        maxprob = _read_unit_png(str(tmp_path / f"{stem}_maxprob.png"))
+        entropy = _read_unit_png(str(tmp_path / f"{stem}_entropy.png"))
+        variance = _read_unit_png(str(tmp_path / f"{stem}_tta_variance.png"))
         for m in (maxprob, entropy, variance):
             assert m.shape == probs.shape[:2] and 0 <= m.min() and m.max() <= 1
         k = probs.shape[-1]
@@ -234,7 +234,13 @@ def test_probabilities_as_16_bit_pngs_round_trip(tmp_path):
     probs = tiled_inference.softmax(np.random.default_rng(0).normal(size=(5, 7, 3)) * 3)
     paths = prediction.save_probabilities(probs, str(tmp_path), "x", "png16", ("a", "b", "c"))
     assert [os.path.basename(p) for p in paths] == ["x_prob_0.png", "x_prob_1.png", "x_prob_2.png"]
-    back = np.stack([prediction.read_unit_png(p) for p in paths], axis=-1)
+    back = np.stack([_read_unit_png(p) for p in paths], axis=-1)
     np.testing.assert_allclose(back, probs, atol=0.5 / 65535 + 1e-7)
     with pytest.raises(ValueError, match="save_probs"):
         prediction.save_probabilities(probs, str(tmp_path), "x", "tiff", ("a", "b", "c"))
+
+
+def _read_unit_png(path) -> np.ndarray:
+    """A 16-bit PNG predict wrote (`prediction.save_unit_png`) back as floats in [0, 1]."""
+    with Image.open(path) as img:
+        return np.asarray(img, np.float32) / 65535
