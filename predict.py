@@ -29,7 +29,7 @@ backend.configure_xla_flags()  # Before jax is imported.
 
 from absl import app, flags  # noqa: E402
 
-from jaxseg import logs, prediction  # noqa: E402
+from jaxseg import inference, logs, prediction  # noqa: E402
 from jaxseg import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -44,7 +44,7 @@ flags.DEFINE_bool(
 flags.DEFINE_enum(
     "mode",
     None,
-    ["whole_image", "sliding_window", "overlap_tile"],
+    list(inference.MODES),
     "Inference mode; default: the run's config.eval.mode.",
 )
 flags.DEFINE_list("crop", None, "sliding_window: window height,width (px); default config.eval.")
