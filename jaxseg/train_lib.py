@@ -314,6 +314,7 @@ class Trainer:
     # which are not training throughput).
     _last_log: int = 0
     _t_log: float = 0.0
+    _saved: int = 0  # the last step saved (or restored)
 
     def run(self, state: TrainState, start_step: int) -> tuple[dict, TrainState]:
         """Trains from `start_step` to `config.total_steps` or an early stop.
@@ -321,17 +322,22 @@ class Trainer:
         Returns (the last evaluation's metrics, the final state).
         """
         config, total_steps = self.config, self.config.total_steps
-        eval_metrics = {}
-        self._last_log, self._t_log = start_step, time.time()
+        eval_metrics, train_metrics = {}, None
+        self._last_log, self._t_log, self._saved = start_step, time.time(), start_step
         with preemption.PreemptionWatcher() as watcher:
             for step in range(start_step, total_steps):
-                state, train_metrics = self._step(state, step, first=step == start_step)
+                # A failing input (an unreadable example) or evaluation (a bad eval config)
+                # must not cost the steps trained since the last checkpoint: save, then raise.
+                with self._saved_on_error(step, state, train_metrics):
+                    batch = next(self.batches)
+                state, train_metrics = self._step(state, batch, step, first=step == start_step)
                 done = step + 1
                 if done % config.log_every_steps == 0 or done == total_steps:
                     self._log(done, train_metrics)
                 metrics_for_ckpt = None
                 if done % config.eval_every_steps == 0 or done == total_steps:
-                    eval_metrics = self._evaluate(done, state)
+                    with self._saved_on_error(done, state, train_metrics):
+                        eval_metrics = self._evaluate(done, state)
                     metrics_for_ckpt = {"miou": eval_metrics["mean_iou"]}
                 stop = watcher.should_stop(step) or done - start_step == config.max_steps_per_run
                 periodic = done % config.checkpoint_every_steps == 0 or done == total_steps
@@ -347,8 +353,7 @@ class Trainer:
                     break
         return eval_metrics, state
 
-    def _step(self, state: TrainState, step: int, *, first: bool):
-        batch = next(self.batches)
+    def _step(self, state: TrainState, batch: dict, step: int, *, first: bool):
         if not first:
             return self.train_step(state, batch)
         t0 = time.time()
@@ -385,7 +390,26 @@ class Trainer:
         _check_finite(jax.device_get(train_metrics), done, grad_clip_norm=clip)
         self.ckpt.save(done, state, metrics=metrics)
         # Evaluation and checkpoint time is not training throughput.
-        self._last_log, self._t_log = done, time.time()
+        self._last_log, self._t_log, self._saved = done, time.time(), done
+
+    @contextlib.contextmanager
+    def _saved_on_error(self, step: int, state: TrainState, train_metrics: dict | None):
+        """Within: an exception first saves `state` (at `step`, finite, not yet saved) as a
+        checkpoint without metrics, then goes on; a failing save is logged, not raised over it."""
+        try:
+            yield
+        except Exception:
+            if step > self._saved and train_metrics is not None:
+                try:
+                    self._save(step, state, train_metrics, None)
+                    logging.warning(
+                        "Saved checkpoint %d before stopping on the error below: the steps "
+                        "since the last checkpoint are kept.",
+                        step,
+                    )
+                except Exception:
+                    logging.exception("Could not save step %d before stopping:", step)
+            raise
 
 
 @contextlib.contextmanager

@@ -127,3 +127,14 @@ def test_inspect_reads_split_slices(tmp_path):
     labels = [source[i]["label"][..., 0] for i in range(len(source))]
     assert stats["num_examples"] == len(labels) == 3
     assert stats["class_pixels"] == _numpy_counts(labels, 6)[0]
+
+
+def test_inspect_flags_an_eval_pad_size_smaller_than_the_examples(tmp_path, capsys):
+    config = smoke.get_config()
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.eval_pad_size = (32, 24)  # smoke's scenes are 32 x 32
+    splits = [("config.data.eval_split", "validation")]
+    inspection.inspect_data(config, str(tmp_path / "out"), max_examples=2, splits=splits)
+    out = capsys.readouterr().out
+    assert "config.data.eval_pad_size = (32, 24) is smaller than the largest example" in out
+    assert "set it to at least (32, 32)" in out

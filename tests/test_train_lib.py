@@ -160,3 +160,34 @@ def test_lowering_total_steps_below_a_finished_run_exits_finished_and_changes_no
     changed = [p for p in before if after.get(p) != before[p]]
     # train.log is the only file this invocation may write (its own log lines).
     assert [p.name for p in changed] in ([], ["train.log"]), changed
+
+
+def test_a_failing_evaluation_saves_the_steps_trained_before_it(trained_run, tmp_path, monkeypatch):
+    """Resumed at 6, evaluating at 8 fails (any cause): checkpoint 8 is written first, so the
+    rerun starts at 8, not at the last periodic checkpoint (6)."""
+    from jaxseg import evaluation
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+
+    def broken(self, state):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(evaluation.Evaluator, "evaluate", broken)
+    config = _config(copy, total_steps=10, eval_every_steps=8, checkpoint_every_steps=100)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train_lib.train_and_evaluate(config, str(copy))
+    names = sorted((p.name for p in (copy / "checkpoints").iterdir()), key=int)
+    assert names[-1] == "8", names
+    assert int(_restore(config, str(copy), 8).step) == 8
+
+
+def test_an_eval_pad_size_too_small_for_the_validation_images_stops_before_training(
+    trained_run,
+):
+    from jaxseg.data import loading
+
+    config = _config(trained_run)
+    config.data.eval_pad_size = (16, 16)  # smoke's validation images are 32 x 32
+    with pytest.raises(ValueError, match=r"config.data.eval_pad_size = \(16, 16\).*\(32, 32\)"):
+        loading.make_eval_iterator(config.data, global_batch_size=8)

@@ -153,6 +153,16 @@ def inspect_data(
     for key, split in splits:
         stats = inspect_split(data, split, key=key, max_examples=max_examples, num_shown=num_shown)
         print(format_report(stats, data.name), flush=True)
+        pad = tuple(int(v) for v in data.eval_pad_size)
+        largest = (stats["height"][1], stats["width"][1])
+        if largest[0] > pad[0] or largest[1] > pad[1]:
+            need = (max(largest[0], pad[0]), max(largest[1], pad[1]))
+            print(
+                f"  ERROR: config.data.eval_pad_size = {pad} is smaller than the largest "
+                f"example ({largest[0]} x {largest[1]} px): training would stop before its "
+                f"first step; set it to at least {need}",
+                flush=True,
+            )
         examples = stats.pop("examples")
         c = len(stats["class_names"])
         images = [image for image, _ in examples]

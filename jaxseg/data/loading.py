@@ -249,6 +249,22 @@ def pad_sizes(pad_size: Sequence[int], buckets: int) -> tuple[tuple[int, ...], .
     )
 
 
+def check_pad_size(sizes: np.ndarray, pad_size: Sequence[int], decoder: "Decoder") -> None:
+    """Raises, naming `config.data.eval_pad_size`, the size needed and the largest example, if
+    an example of `sizes` (int32 [n, 2], the split's (height, width)s) does not fit: before
+    the first step, not when a batch first holds it."""
+    height, width = (int(v) for v in pad_size)
+    over = np.flatnonzero((sizes[:, 0] > height) | (sizes[:, 1] > width))
+    if over.size:
+        largest = over[np.argmax(sizes[over].prod(axis=1))]
+        needed = tuple(int(v) for v in np.maximum(sizes.max(axis=0), (height, width)))
+        raise ValueError(
+            f"config.data.eval_pad_size = {(height, width)} is smaller than {over.size} "
+            f"example(s) of {decoder.spec.name}/{decoder.split}, e.g. {decoder.name(int(largest))} "
+            f"of {tuple(int(v) for v in sizes[largest])} px: set it to at least {needed}"
+        )
+
+
 class _StreamOrder:
     """Global stream position -> example index, and global batch -> the shape it is padded to.
 
@@ -404,6 +420,7 @@ def host_batches(
         sizes = precomputed.example_sizes(
             data_cfg, spec, split, lambda index: decoder(index)["label"].shape, len(source)
         )
+        check_pad_size(sizes, pad_size, decoder)
         shapes = bucket_shapes(sizes, pad_size, buckets)
     order = _StreamOrder(seed, len(source), global_batch_size, pad_size, shapes)
     example = _TrainExample(decoder, weights, order, local, index, "config.data.eval_pad_size")
@@ -549,8 +566,15 @@ def make_eval_iterator(
     start = min(index * per_host, num_examples)
     stop = min(start + per_host, num_examples)
     num_batches = math.ceil(per_host / local)
+    decoder = Decoder(spec, source, split)
+    # Every evaluation example must fit the pad size: checked once (the sizes are stored beside
+    # the data set), before training, not at the first evaluation hundreds of steps later.
+    sizes = precomputed.example_sizes(
+        data_cfg, spec, split, lambda i: decoder(i)["label"].shape, num_examples
+    )
+    check_pad_size(sizes, data_cfg.eval_pad_size, decoder)
     example = _EvalExample(
-        Decoder(spec, source, split), stop, tuple(data_cfg.eval_pad_size),
+        decoder, stop, tuple(data_cfg.eval_pad_size),
         tuple(data_cfg.mean), tuple(data_cfg.std),
     )  # fmt: skip
     dataset = (

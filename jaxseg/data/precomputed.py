@@ -17,6 +17,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxseg.data import datasets
@@ -24,26 +25,28 @@ from jaxseg.data import datasets
 
 def path_beside(
     data_cfg: ml_collections.ConfigDict, spec: datasets.DatasetSpec, kind: str, name: str
-) -> str:
-    """`<the data set's data dir>/<kind>/<name>`, `name`'s characters made file-name safe."""
+) -> epath.Path:
+    """`<the data set's data dir>/<kind>/<name>`, `name`'s characters made file-name safe (a
+    gs:// data dir included: through etils.epath)."""
     builder = spec.make_builder(data_cfg)
     slug = re.sub(r"[^A-Za-z0-9_.%-]+", "_", name)
-    return os.path.join(os.fspath(builder.data_dir), kind, slug)
+    return epath.Path(builder.data_dir) / kind / slug
 
 
-def computed_once(path: str, write: Callable[[str], None], what: str) -> str:
+def computed_once(path: epath.Path, write: Callable[[epath.Path], None], what: str) -> epath.Path:
     """Makes sure `path` exists: process 0 calls `write(temporary path)` if it does not, and
     renames the result to `path`; every process returns once it is there. `what` names the
     file in the barrier."""
-    if jax.process_index() == 0 and not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
+    path = epath.Path(path)
+    if jax.process_index() == 0 and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{path.name}.tmp{os.getpid()}"
         try:
             write(tmp)
-            os.replace(tmp, path)
+            tmp.rename(path)
         finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            if tmp.exists():
+                tmp.unlink()
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"jaxseg: {what} written")
     return path
@@ -59,13 +62,14 @@ def example_sizes(
     """int32 [count, 2]: (height, width) of every example of `split`, computed once by
     `size_of(index)` (a decode) and stored as `<data dir>/example_sizes/<split>.npy`."""
 
-    def write(tmp: str) -> None:
+    def write(tmp: epath.Path) -> None:
         sizes = np.asarray([size_of(i) for i in range(count)], np.int32).reshape(count, 2)
-        with open(tmp, "wb") as f:
+        with tmp.open("wb") as f:
             np.save(f, sizes)
 
     path = path_beside(data_cfg, spec, "example_sizes", f"{split}.npy")
-    sizes = np.load(computed_once(path, write, f"example sizes of {split}"))
+    with computed_once(path, write, f"example sizes of {split}").open("rb") as f:
+        sizes = np.load(f)
     if sizes.shape != (count, 2):
         raise ValueError(
             f"{path} holds {sizes.shape[0]} example sizes but split {split!r} has {count} "

@@ -9,6 +9,7 @@ device augmentation warps it with the example's sampling grid (`jaxseg.data.augm
 nearest neighbour like the label.
 """
 
+import os
 from collections.abc import Callable
 
 import ml_collections
@@ -173,8 +174,8 @@ def open_weight_maps(
     name = f"{split}-w0_{w0:g}-sigma_{sigma:g}.array_record"
     path = precomputed.path_beside(data_cfg, spec, "weight_maps", name)
 
-    def write(tmp: str) -> None:
-        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1,uncompressed")
+    def write(tmp) -> None:
+        writer = array_record_module.ArrayRecordWriter(os.fspath(tmp), "group_size:1,uncompressed")
         for index in range(count):
             weight = binary_weight_map(label_of(index), w0=w0, sigma=sigma)
             header = np.asarray(weight.shape, np.int32).tobytes()
@@ -182,7 +183,7 @@ def open_weight_maps(
         writer.close()
 
     precomputed.computed_once(path, write, f"weight maps of {split}")
-    maps = WeightMaps(path)
+    maps = WeightMaps(os.fspath(path))
     if len(maps) != count:
         raise ValueError(
             f"{path} holds {len(maps)} weight maps but split {split!r} has {count} "
