@@ -7,8 +7,8 @@ r"""Segments image files with a trained run: flags only, then one call into jaxs
 --input is a folder (its .png/.jpg/.tif/... files) or a comma-separated list of files. Writes
 <output>/<stem>.png, a palette PNG of class ids at the image's own size, and with --overlay
 <stem>_overlay.png, the class colours blended over the image. Files that cannot be read are
-skipped and listed at the end (exit status 0), unless --strict. 16-bit images are scaled by the
-run's recorded range, as in training. The inference mode and TTA default
+skipped and listed at the end, unless --strict (which stops at the first). 16-bit images are
+scaled by the run's recorded range, as in training. The inference mode and TTA default
 to the run's config.eval; images of any size are tiled, so device memory stays bounded by
 --batch_size_per_device tiles (whole_image mode: images with a side above --max_tile px run as
 a sliding window of --max_tile crops). --save_probs writes <stem>_probs.npz (float16
@@ -20,7 +20,13 @@ classes), all 16-bit PNGs of values in [0, 1].
 Nothing of the user's is replaced: --output may not be (or lie inside) an input's folder, and a
 file already at an output name is replaced only with --force and only if predict wrote it (its
 PNG "Software" text or npz `written_by` entry says so); these checks run before the model loads.
+
+Exit status: 0 every input has its mask; 3 some inputs could not be read and were skipped (listed
+on stderr), the others' masks were written; 1 on an error, including "no mask written" (no input
+could be read, or --input matched no image file) and, with --strict, the first unreadable file.
 """
+
+import sys
 
 from jaxseg import backend
 
@@ -70,7 +76,7 @@ def main(argv):
     if not workdir_lib.RunDir(FLAGS.workdir).path.is_dir():  # gs:// too
         raise app.UsageError(f"--workdir {FLAGS.workdir} does not exist")
     sizes = lambda v: None if v is None else [int(x) for x in v]
-    paths = prediction.predict(
+    result = prediction.predict(
         FLAGS.workdir,
         FLAGS.input,
         FLAGS.output,
@@ -89,7 +95,14 @@ def main(argv):
         confidence=FLAGS.confidence,
         force=FLAGS.force,
     )
-    print(f"wrote {len(paths)} masks to {FLAGS.output}")
+    print(f"wrote {len(result.masks)} masks to {FLAGS.output}")
+    if result.skipped:
+        print(
+            f"skipped {len(result.skipped)} unreadable file(s), listed above: exit status "
+            f"{result.exit_status} (some inputs have no mask)",
+            file=sys.stderr,
+        )
+    return result.exit_status
 
 
 if __name__ == "__main__":

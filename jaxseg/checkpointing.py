@@ -65,6 +65,35 @@ class CorruptCheckpointError(RuntimeError):
         super().__init__(f"checkpoint {step} is corrupt: {path}: {cause}")
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose arrays differ from the restore target's: an intact checkpoint of
+    another model, optimiser or class count (the caller knows which config keys changed).
+
+    Attributes:
+      path: the checkpoint's directory.
+      missing: "<array path> <shape>" in the target but not in the checkpoint.
+      unexpected: "<array path> <shape>" in the checkpoint but not in the target.
+      reshaped: "<array path>: checkpoint <shape> vs target <shape>".
+    """
+
+    def __init__(self, path: str, missing: list[str], unexpected: list[str], reshaped: list[str]):
+        self.path = path
+        self.missing, self.unexpected, self.reshaped = missing, unexpected, reshaped
+        super().__init__(
+            f"Checkpoint {path} does not match the restore target (a different model, optimizer "
+            f"or config?):\n{self.arrays()}"
+        )
+
+    def arrays(self, limit: int = _MAX_LISTED) -> str:
+        """The differing arrays, one indented line per kind, `limit` of each."""
+        kinds = (
+            ("in target but not in checkpoint", self.missing),
+            ("in checkpoint but not in target", self.unexpected),
+            ("shapes differ", self.reshaped),
+        )
+        return "\n".join(f"  {kind}: {_listing(items, limit)}" for kind, items in kinds if items)
+
+
 class Checkpointer:
     """Asynchronous orbax checkpoints of the train state in `<workdir>/checkpoints`.
 
@@ -242,6 +271,10 @@ class Checkpointer:
 
         Returns:
           The state, with the structure of `abstract_state`.
+
+        Raises:
+          CheckpointMismatchError if the checkpoint's arrays differ from the target's.
+          CorruptCheckpointError if it cannot be read as saved.
         """
         self._manager.wait_until_finished()  # A save of the requested step may be in flight.
         step = self._resolve_step(step)
@@ -374,17 +407,7 @@ class Checkpointer:
             if p in saved and tuple(saved[p].shape) != tuple(target[p].shape)
         ]
         if missing or unexpected or reshaped:
-            lines = [
-                f"Checkpoint {self.directory / str(step)} does not match the restore target "
-                "(a different model, optimizer or config?):"
-            ]
-            if missing:
-                lines.append(f"  in target but not in checkpoint: {_listing(missing)}")
-            if unexpected:
-                lines.append(f"  in checkpoint but not in target: {_listing(unexpected)}")
-            if reshaped:
-                lines.append(f"  shapes differ: {_listing(reshaped)}")
-            raise ValueError("\n".join(lines))
+            raise CheckpointMismatchError(str(step_dir), missing, unexpected, reshaped)
 
     def latest_step(self) -> int | None:
         """The newest complete (or in-flight) checkpoint step, None if there is none."""
@@ -542,8 +565,8 @@ def _without_none(tree: Any) -> Any:
     return tree
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    if len(items) > _MAX_LISTED:
-        shown += f", ... and {len(items) - _MAX_LISTED} more"
+def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
+    shown = ", ".join(items[:limit])
+    if len(items) > limit:
+        shown += f", ... and {len(items) - limit} more"
     return shown

@@ -47,6 +47,13 @@ BUCKET = 32  # px; FCN's coarsest stride, and a multiple of 2**depth for U-Nets 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 PROBABILITY_FORMATS = ("", "npz", "png16")
 
+# predict.py's exit statuses (`Predictions.exit_status`). Errors, including "no mask written"
+# (no input could be read), raise: Python's exit status 1. 3 is not 0 because a script that
+# loops over folders must be able to tell an incomplete output folder from a complete one
+# without parsing stderr; not 1, because the masks that were written are good ones.
+EXIT_OK = 0  # every input has its mask
+EXIT_SKIPPED = 3  # some inputs could not be read: skipped (listed on stderr), the rest written
+
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
@@ -81,6 +88,24 @@ class Predictor:
     model: nn.Module | None = None
     engine: tiled_inference.Engine | None = None
     settings: inference.InferenceSettings = inference.InferenceSettings()
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """What `predict_files` (and `predict`) wrote.
+
+    Attributes:
+      masks: the paths of the masks written, in input order.
+      skipped: (path, reason) of each input that could not be read, in input order.
+    """
+
+    masks: list[str]
+    skipped: list[tuple[str, str]]
+
+    @property
+    def exit_status(self) -> int:
+        """predict.py's: EXIT_OK (0) if nothing was skipped, else EXIT_SKIPPED (3)."""
+        return EXIT_SKIPPED if self.skipped else EXIT_OK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,21 +445,26 @@ def predict_files(
     settings: inference.InferenceSettings | None = None,
     save_probs: str = "",
     confidence: bool = False,
-) -> list[str]:
+) -> Predictions:
     """Segments each file into `<output_dir>/<stem>.png` (palette mask at the image's size).
 
     Also, per image: with `save_overlay` `<stem>_overlay.png`; with `save_probs` the class
     probabilities (`save_probabilities`); with `confidence` `<stem>_maxprob.png` and
     `<stem>_entropy.png` (entropy / log K), and when `settings` has TTA `<stem>_tta_variance.png`
-    (16-bit PNGs of values in [0, 1], `save_unit_png`). Returns the paths of the masks written,
-    in input order.
+    (16-bit PNGs of values in [0, 1], `save_unit_png`). Returns the masks written and the
+    files skipped (`Predictions`).
 
     A file that cannot be read is skipped (logged, and all skipped files are listed on stderr
     at the end) so one bad file does not stop a batch; with `strict` its ValueError is raised.
+
+    Raises:
+      ValueError if no mask was written: no input could be read (or `paths` is empty).
     """
     settings = settings or predictor.settings
     if save_probs not in PROBABILITY_FORMATS:
         raise ValueError(f"save_probs must be one of {PROBABILITY_FORMATS}, got {save_probs!r}")
+    if not paths:
+        raise ValueError("no input files: nothing to segment")
     stems = [_stem(p) for p in paths]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
@@ -494,7 +524,13 @@ def predict_files(
         )
         for _, reason in skipped:
             print(f"  {reason}", file=sys.stderr)
-    return [w for w in written if w is not None]
+    masks = [w for w in written if w is not None]
+    if not masks:
+        raise ValueError(
+            f"no mask written: none of the {len(paths)} input file(s) could be read "
+            f"(e.g. {skipped[0][1]})"
+        )
+    return Predictions(masks=masks, skipped=skipped)
 
 
 def predict(
@@ -516,10 +552,10 @@ def predict(
     save_probs: str = "",
     confidence: bool = False,
     force: bool = False,
-) -> list[str]:
+) -> Predictions:
     """predict.py's one call: restore `checkpoint` of `workdir`, segment `inputs` (a folder or a
-    comma-separated list of files) into `output_dir`. Returns the mask paths (unreadable files
-    are skipped and listed, unless `strict`).
+    comma-separated list of files) into `output_dir`. Returns the masks written and the files
+    skipped as unreadable (`strict`: the first one raises); raises if no mask was written.
 
     mode, crop, stride, tile_in, flip, scales: the inference mode and TTA; None = the run's
     config.eval field. See `predict_files` for the outputs, `load_predictor` for the rest;

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import math
+import shlex
 import time
 from collections.abc import Callable, Iterator
 
@@ -204,6 +205,61 @@ def _recorded_data_config(config: ml_collections.ConfigDict) -> ml_collections.C
     return config
 
 
+# Config sections that shape the checkpointed arrays (parameters, optimiser state; the class
+# count is model.num_classes): listed first when a resume is refused.
+_STATE_SECTIONS = ("model", "optim", "loss")
+
+
+def _resume_refused(
+    config: ml_collections.ConfigDict, workdir: str, error: checkpointing.CheckpointMismatchError
+) -> ValueError:
+    """The error for a resume whose checkpoint does not fit `config`'s state: the config keys
+    that differ from the run's config.json (state-shaping sections first), what to do, and the
+    first differing arrays. Nothing in the workdir has been written at this point."""
+    run = workdir_lib.RunDir(workdir)
+    changes = []
+    try:
+        # config.json holds the recorded 16-bit range; compare like with like.
+        changes = workdir_lib.config_changes(run.read_config(), _recorded_data_config(config))
+    except Exception as e:  # Advice only: it must never hide the mismatch itself.
+        found = f"Its config could not be compared with {run.config_json}: {e}"
+    else:
+        changes.sort(key=lambda c: (_section_rank(c.key), c.key))
+        found = f"This config differs from the run's {run.config_json} in:\n" + "\n".join(
+            f"  {c}" for c in changes
+        )
+        if not changes:
+            found = (
+                f"This config equals the run's {run.config_json}: the code that builds the "
+                "model or optimiser changed (another jaxseg version?)."
+            )
+    state_changes = [c for c in changes if _section_rank(c.key) < len(_STATE_SECTIONS)]
+    back = " ".join(
+        f"--config.{c.key}={_flag_value(c.old)}"
+        for c in state_changes or changes
+        if c.old is not workdir_lib.ABSENT
+    )
+    return ValueError(
+        f"Cannot resume the run in {run.path}: its latest checkpoint {error.path} does not fit "
+        f"the model and optimiser this config builds.\n{found}\n"
+        f"To resume the run, rerun with its values{f' ({back})' if back else ''}. To train this "
+        "config instead, give a new --workdir; to start that new run from this run's weights "
+        f"where they still fit, add --config.init_from={run.path}.\n"
+        f"Arrays that differ:\n{error.arrays(limit=3)}"
+    )
+
+
+def _section_rank(key: str) -> int:
+    """A dotted config key's place in a listing: _STATE_SECTIONS in order, then the rest."""
+    section = key.split(".")[0]
+    return _STATE_SECTIONS.index(section) if section in _STATE_SECTIONS else len(_STATE_SECTIONS)
+
+
+def _flag_value(value) -> str:
+    """A config.json value as a `--config.key=...` command-line value, quoted for a shell."""
+    return shlex.quote(str(tuple(value) if isinstance(value, list) else value))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final eval.
 
@@ -226,7 +282,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         cleanup.enter_context(_saves_finished(ckpt))
         # The order of jaxseg.train_state's docstring: 1. resume, else 2. init_from (onto a
         # fresh init), else 3. the fresh init.
-        state = ckpt.restore_latest_intact(abstract)
+        try:
+            state = ckpt.restore_latest_intact(abstract)
+        except checkpointing.CheckpointMismatchError as e:
+            raise _resume_refused(config, workdir, e) from e
         if state is not None:
             logging.info("Resumed from step %d in %s", int(jax.device_get(state.step)), workdir)
         else:

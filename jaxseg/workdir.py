@@ -25,6 +25,7 @@ writes or reads it by path (`RunDir`, the Checkpointer, through which train, eva
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -303,7 +304,8 @@ class RunDir:
             return path
         text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
         self.path.mkdir(parents=True, exist_ok=True)
-        if path.exists() and read_json(path) != json.loads(text):
+        changes = config_changes(read_json(path), json.loads(text)) if path.exists() else []
+        if changes:
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
             backup = self.path / f"config.{stamp}.json"
             suffix = 1
@@ -311,7 +313,11 @@ class RunDir:
                 backup = self.path / f"config.{stamp}-{suffix}.json"
                 suffix += 1
             path.rename(backup)
-            logging.warning("Config changed since the last run; previous one kept as %s.", backup)
+            logging.warning(
+                "Config changed since the last run (%s); previous one kept as %s.",
+                describe_changes(changes, limit=5),
+                backup,
+            )
         write_text(path, text)
         return path
 
@@ -398,3 +404,65 @@ def read_json(path: epath.Path) -> Any:
         return json.loads(epath.Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+class _Absent:
+    """A key one of two configs does not have (`config_changes`)."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChange:
+    """One field that differs between two configs, values in their JSON form (config.json's).
+
+    Attributes:
+      key: dotted, without "config." ("model.base_width").
+      old, new: the two values (tuples as lists), or ABSENT where a config lacks the key.
+    """
+
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        show = lambda v: repr(v) if v is ABSENT else json.dumps(v)
+        return f"config.{self.key}: {show(self.old)} -> {show(self.new)}"
+
+
+def config_changes(old: Any, new: Any) -> list[ConfigChange]:
+    """The fields that differ between two configs, by dotted key, sorted: changed, added
+    (old ABSENT) and removed (new ABSENT). Each config is a ConfigDict or a dict as config.json
+    holds it; both are compared in config.json's form, so a tuple equals its list."""
+    flat_old, flat_new = _flat_json(old), _flat_json(new)
+    keys = sorted(flat_old.keys() | flat_new.keys())
+    pairs = [(k, flat_old.get(k, ABSENT), flat_new.get(k, ABSENT)) for k in keys]
+    return [ConfigChange(k, a, b) for k, a, b in pairs if a is ABSENT or b is ABSENT or a != b]
+
+
+def describe_changes(changes: list[ConfigChange], limit: int | None = None) -> str:
+    """`changes` on one line, "config.a: 1 -> 2, ..." (the first `limit`, then a count)."""
+    shown = ", ".join(str(c) for c in changes[:limit])
+    if limit is not None and len(changes) > limit:
+        shown += f", ... and {len(changes) - limit} more"
+    return shown
+
+
+def _flat_json(config: Any) -> dict[str, Any]:
+    if isinstance(config, ml_collections.ConfigDict):
+        config = json.loads(config.to_json_best_effort())
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:  # an empty dict is a value of its own
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config, "")
+    return flat

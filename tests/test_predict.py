@@ -6,6 +6,9 @@ One smoke training run (in-process, ~30 s) is shared by the whole session (conft
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,6 +23,7 @@ from jaxseg.models import build_model
 
 # (height, width): one exact bucket, two that need padding (45 x 70 is no multiple of 32).
 SIZES = {"a_32x32": (32, 32), "b_45x70": (45, 70), "c_64x40": (64, 40)}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def _oracle_labels(workdir, predictor, pixels: np.ndarray, pad_hw=None) -> np.nd
 
 def test_predict_writes_one_palette_mask_per_image_at_its_size(workdir, images, tmp_path):
     out = tmp_path / "masks"
-    paths = prediction.predict(str(workdir), str(images), str(out), "best", overlay=True)
+    paths = prediction.predict(str(workdir), str(images), str(out), "best", overlay=True).masks
     spec = datasets.dataset_spec(workdir_lib.read_config(str(workdir)).data)
     assert [p.split("/")[-1] for p in paths] == [f"{s}.png" for s in SIZES]
     for stem, (h, w) in SIZES.items():
@@ -112,12 +116,70 @@ def test_unreadable_images_are_skipped_and_listed_unless_strict(
     good = str(images / "a_32x32.png")
     out = tmp_path / "out"
     written = prediction.predict_files(predictor, [str(bad), good], str(out))
-    assert written == [str(out / "a_32x32.png")]
+    assert written.masks == [str(out / "a_32x32.png")]
+    assert [path for path, _ in written.skipped] == [str(bad)]
     assert sorted(os.listdir(out)) == ["a_32x32.png"]
     err = capsys.readouterr().err
     assert "skipped 1 unreadable file(s)" in err and str(bad) in err, err
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         prediction.predict_files(predictor, [good, str(bad)], str(tmp_path / "s"), strict=True)
+
+
+def _mixed_folder(tmp_path, good: int, bad: int):
+    """A user's folder of `good` readable PNGs and `bad` files named .png that are not images."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_blob_images(folder, {f"good{i}": (32, 32) for i in range(good)})
+    for i in range(bad):
+        (folder / f"bad{i}.png").write_bytes(b"truncated download")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "status"),
+    [(2, 0, 0), (1, 1, 3)],  # the statuses predict.py's docstring and the README document
+)
+def test_exit_status_says_whether_inputs_were_skipped(
+    predictor, tmp_path, monkeypatch, good, bad, status
+):
+    """predict.py returns `exit_status`: 0 all masks written, 3 (documented) some skipped."""
+    monkeypatch.setattr(prediction, "load_predictor", lambda *a, **k: predictor)
+    folder, out = _mixed_folder(tmp_path, good, bad), tmp_path / "masks"
+    result = prediction.predict(str(tmp_path), str(folder), str(out))
+    assert result.exit_status == status
+    assert sorted(os.listdir(out)) == [f"good{i}.png" for i in range(good)]
+    assert [os.path.basename(p) for p, _ in result.skipped] == [f"bad{i}.png" for i in range(bad)]
+
+
+def test_no_readable_input_is_an_error_not_zero_masks(predictor, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prediction, "load_predictor", lambda *a, **k: predictor)
+    folder = _mixed_folder(tmp_path, good=0, bad=2)
+    with pytest.raises(ValueError, match=r"no mask written: none of the 2 input file\(s\)"):
+        prediction.predict(str(tmp_path), str(folder), str(tmp_path / "masks"))
+    err = capsys.readouterr().err
+    assert "bad0.png" in err and "bad1.png" in err, err  # each one still listed
+    assert not (tmp_path / "masks").exists() or not os.listdir(tmp_path / "masks")
+    # A folder without a single image file fails at the listing, before the model loads.
+    monkeypatch.setattr(
+        prediction, "load_predictor", lambda *a, **k: pytest.fail("restored the model first")
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        prediction.predict(str(tmp_path), str(empty), str(tmp_path / "masks2"))
+
+
+def test_predict_py_exits_3_when_an_input_was_skipped(smoke_run, tmp_path):
+    """The user's path: predict.py itself, one good and one unreadable file -> exit status 3,
+    the good mask written, the skipped file named on stderr."""
+    folder, out = _mixed_folder(tmp_path, good=1, bad=1), tmp_path / "masks"
+    cmd = [sys.executable, "predict.py", f"--workdir={smoke_run}", f"--input={folder}"]
+    proc = subprocess.run([*cmd, f"--output={out}"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "wrote 1 masks" in proc.stdout
+    assert "bad0.png" in proc.stderr and "exit status 3" in proc.stderr
+    assert os.listdir(out) == ["good0.png"]
 
 
 def test_output_that_is_a_file_fails_before_the_model_is_restored(images, tmp_path, monkeypatch):
@@ -175,7 +237,7 @@ def test_earlier_masks_are_replaced_only_with_force(predictor, tmp_path, monkeyp
     out = tmp_path / "masks"
     monkeypatch.setattr(prediction, "load_predictor", lambda *a, **k: predictor)
     first = prediction.predict(str(tmp_path), str(folder), str(out), overlay=True)
-    assert all(prediction.written_by_predict(p) for p in first)
+    assert all(prediction.written_by_predict(p) for p in first.masks)
     assert prediction.written_by_predict(str(out / "a_overlay.png"))
     with pytest.raises(ValueError, match="--force"):
         prediction.predict(str(tmp_path), str(folder), str(out), overlay=True)
@@ -290,7 +352,7 @@ def test_16bit_images_predict_masks_equal_eval_predictions(em_run, tmp_path):
         pixels = prediction.read_image(str(root / "images" / name), 1, predictor.intensity_range)
         np.testing.assert_array_equal(np.rint(pixels * 255), source[i]["image"], err_msg=name)
     val = [root / "images" / f"{i:02d}.png" for i in range(8, 12)]
-    masks = prediction.predict_files(predictor, [str(p) for p in val], str(tmp_path))
+    masks = prediction.predict_files(predictor, [str(p) for p in val], str(tmp_path)).masks
     predicted_masks = []
     for path, mask_path in zip(val, masks, strict=True):
         pixels = prediction.read_image(str(path), 1, predictor.intensity_range)

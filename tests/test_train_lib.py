@@ -139,6 +139,31 @@ def test_nan_right_after_a_save_keeps_the_newer_checkpoint(trained_run, tmp_path
     assert int(state.step) == 7
 
 
+def test_resume_with_another_width_is_refused_naming_the_config_key(smoke_run, tmp_path):
+    """A finished run resumed with model.base_width changed: the error names the key with the
+    run's and the new value (model keys before the rest), says what to do, still lists the
+    arrays, and the run's files (checkpoints, config.json) are left byte for byte."""
+    workdir = tmp_path / "run"
+    shutil.copytree(smoke_run, workdir)
+    before = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    config = smoke.get_config()
+    config.data.data_dir = workdir_lib.read_config(str(workdir)).data.data_dir
+    config.total_steps = 12  # a second, harmless difference: listed after the model's
+    config.model.base_width = 8  # the run's is 4
+    with pytest.raises(ValueError) as err:
+        train_lib.train_and_evaluate(config, str(workdir))
+    message = str(err.value)
+    lines = message.splitlines()
+    width = lines.index("  config.model.base_width: 4 -> 8")
+    assert lines.index("  config.total_steps: 6 -> 12") > width, message
+    assert "--config.model.base_width=4" in message  # the way back
+    assert "new --workdir" in message and f"--config.init_from={workdir}" in message
+    assert "shapes differ: params/" in message and "more" in message  # arrays, shortened
+    assert isinstance(err.value.__cause__, checkpointing.CheckpointMismatchError)
+    after = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    assert after == before
+
+
 def test_nan_hint_suggests_clipping_only_when_it_is_off():
     with pytest.raises(train_lib.NonFiniteLossError, match="enable optim.grad_clip_norm"):
         train_lib._check_finite({"loss": float("inf")}, 7, grad_clip_norm=0.0)

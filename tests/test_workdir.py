@@ -89,6 +89,29 @@ def test_write_and_read_config(tmp_path):
     assert len(sorted(tmp_path.glob("config.*.json"))) == 2
 
 
+def test_config_changes_name_each_differing_key(tmp_path, caplog):
+    old = ml_collections.ConfigDict(
+        {"model": {"base_width": 4, "depth": 2}, "data": {"crop_size": (32, 32)}, "seed": 0}
+    )
+    new = ml_collections.ConfigDict(
+        {"model": {"base_width": 8, "depth": 2}, "data": {"crop_size": [32, 32]}, "lr": 0.1}
+    )
+    changes = workdir_lib.config_changes(old, new)
+    # A tuple equals its list (config.json's form); changed, added and removed keys, sorted.
+    assert [str(c) for c in changes] == [
+        "config.lr: (absent) -> 0.1",
+        "config.model.base_width: 4 -> 8",
+        "config.seed: 0 -> (absent)",
+    ]
+    # config.json's dict and a ConfigDict compare alike; equal configs have no changes.
+    workdir_lib.write_config(tmp_path, old)
+    assert workdir_lib.config_changes(json.loads((tmp_path / "config.json").read_text()), old) == []
+    # The resume that keeps an older config aside says what changed.
+    with caplog.at_level("WARNING"):
+        workdir_lib.write_config(tmp_path, new)
+    assert "config.model.base_width: 4 -> 8" in caplog.text, caplog.text
+
+
 def test_read_config_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"No config.json in {tmp_path}"):
         workdir_lib.read_config(tmp_path)
