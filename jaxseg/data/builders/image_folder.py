@@ -115,8 +115,12 @@ def make_config(folder_cfg) -> SegmentationFolderConfig:
     if folder_cfg.channels not in (1, 3):
         raise ValueError(f"{where}.channels: {folder_cfg.channels} is not 1 or 3")
     num_classes = len(folder_cfg.class_names)
-    if not 1 <= num_classes <= IGNORE_ID:
-        raise ValueError(f"{where}.class_names: need 1..{IGNORE_ID} names, got {num_classes}")
+    if not 2 <= num_classes <= IGNORE_ID:
+        # One class would train to a perfect score on nothing (loss and gradients exactly 0).
+        raise ValueError(
+            f"{where}.class_names: need 2..{IGNORE_ID} names (segmentation needs a background "
+            f"and at least one other class), got {num_classes}"
+        )
     palette = tuple(tuple(int(v) for v in c) for c in folder_cfg.palette)
     if folder_cfg.mask_format == "palette" and len(palette) != num_classes:
         raise ValueError(
