@@ -7,8 +7,13 @@ predict.py and export read a run's config.json through `jaxseg.workdir.RunDir.re
 applies `validate_run_config`: the checks of what they use (classes, sizes, inference).
 """
 
+import functools
+import importlib.util
 import math
 import numbers
+import os
+import types
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -45,6 +50,82 @@ def validate_config(
             f"config.grad_accum_steps = {config.grad_accum_steps}"
         )
     validate_run_config(config, spec)
+
+
+def read_run_config(raw: Mapping, where: str) -> ml_collections.ConfigDict:
+    """A run's config.json (`raw`, as JSON decoded it) through the command line's typed
+    validation; `where` names the file in errors.
+
+    Each value is assigned to its field of configs/base.py, so ml_collections' own type rules
+    apply exactly as to `--config.<key>=<value>` (int -> float and list -> tuple convert; "4"
+    for an int does not), then `validate_run_config` checks what eval, predict and export use.
+    config.json files of earlier versions load: a key they lack stays absent (readers that
+    need a newer key say what a run without it meant), and a key base.py no longer defines is
+    kept as written. Without configs/base.py (a copy of jaxseg outside its checkout) the values
+    are returned as written.
+    """
+    base = _base_config()
+    if base is None:
+        return ml_collections.ConfigDict(dict(raw))
+    typed = _typed(raw, base, "", where)
+    # `base` now holds the run's values over base.py's defaults for keys the file lacks: the
+    # checks see a complete config, the caller gets only what the file holds.
+    try:
+        validate_run_config(base, datasets.dataset_spec(base.data))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return ml_collections.ConfigDict(typed)
+
+
+@functools.cache
+def _base_module() -> types.ModuleType | None:
+    # Loaded by path, not as `configs.base`: another `configs` package on sys.path must not
+    # stand in for it. base.py imports only ml_collections.
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "base.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("_jaxseg_base_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _base_config() -> ml_collections.ConfigDict | None:
+    module = _base_module()
+    return None if module is None else module.get_config()
+
+
+def _typed(raw: Mapping, base: ml_collections.ConfigDict, prefix: str, where: str) -> dict:
+    """`raw`'s values assigned into `base` (which they update), as a nested dict of the
+    converted values; errors name `config.<key>` and `where`."""
+    out = {}
+    for key, value in raw.items():
+        name = f"config.{prefix}{key}"
+        if key not in base:
+            out[key] = value  # A field of an earlier version: kept for the readers that know it.
+            continue
+        if isinstance(base[key], ml_collections.ConfigDict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} in {where} is {value!r}, not a group of settings")
+            out[key] = _typed(value, base[key], f"{prefix}{key}.", where)
+            continue
+        field_type = base.get_type(key)
+        wrong = (value is None and base[key] is not None) or (
+            (field_type is tuple and not isinstance(value, (tuple, list)))
+            or (field_type in (int, float) and isinstance(value, bool))
+        )
+        try:
+            if not wrong:
+                base[key] = value  # ml_collections' type rules, as for a command-line override
+        except TypeError:
+            wrong = True
+        if wrong:
+            raise ValueError(
+                f"{name} in {where} is {value!r} ({type(value).__name__}) but must be a "
+                f"{field_type.__name__} (configs/base.py: {base[key]!r}); correct the file"
+            )
+        out[key] = base[key]
+    return out
 
 
 def validate_run_config(config: ml_collections.ConfigDict, spec: datasets.DatasetSpec) -> None:
