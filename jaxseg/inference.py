@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -51,8 +52,17 @@ class _FieldError(ValueError):
         self.keys = keys
 
 
-def _size(value) -> tuple[int, ...] | None:
-    return None if value is None else tuple(int(v) for v in value)
+def _size(key: str, value) -> tuple[int, int] | None:
+    """A (height, width) setting as a tuple of two positive ints; None stays None (unset)."""
+    if value is None:
+        return None
+    try:
+        size = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
+        raise _FieldError((key,), f"{key} must be 2 positive sides (height, width), got {value}")
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +91,20 @@ class InferenceSettings:
     isbi_metrics: bool = False
 
     def __post_init__(self):
-        for key in ("crop", "stride", "tile_in"):
-            object.__setattr__(self, key, _size(getattr(self, key)))
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        object.__setattr__(self, "flip", bool(self.flip))
-        object.__setattr__(self, "isbi_metrics", bool(self.isbi_metrics))
         if self.mode not in MODES:
             raise _FieldError(
                 ("mode",), f"unknown inference mode {self.mode!r}; valid modes: {MODES}"
             )
+        for key in ("crop", "stride", "tile_in"):
+            object.__setattr__(self, key, _size(key, getattr(self, key)))
+        try:
+            object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        except (TypeError, ValueError):
+            raise _FieldError(
+                ("scales",), f"scales must be a list of positive floats, got {self.scales!r}"
+            ) from None
+        object.__setattr__(self, "flip", bool(self.flip))
+        object.__setattr__(self, "isbi_metrics", bool(self.isbi_metrics))
         if self.mode == "sliding_window":
             if self.crop is None or self.stride is None:
                 raise _FieldError(
@@ -97,17 +112,12 @@ class InferenceSettings:
                     f"inference mode 'sliding_window' needs crop and stride, got crop={self.crop} "
                     f"stride={self.stride}",
                 )
-            for key in ("crop", "stride"):
-                if len(getattr(self, key)) != 2 or min(getattr(self, key)) <= 0:
-                    raise _FieldError(
-                        (key,), f"{key} must be 2 positive sides, got {getattr(self, key)}"
-                    )
         if self.mode == "overlap_tile" and self.tile_in is None:
             raise _FieldError(
                 ("tile_in",),
                 "inference mode 'overlap_tile' needs tile_in (a valid U-Net input size)",
             )
-        if not self.scales or min(self.scales) <= 0:
+        if not self.scales or not all(0 < s < math.inf for s in self.scales):
             raise _FieldError(
                 ("scales",),
                 f"scales must be a non-empty list of positive floats, got {self.scales}",

@@ -31,6 +31,7 @@ Config fields read (all under `config.optim`; defaults live in `configs/base.py`
   lr_multipliers: tuple of (regex, factor) pairs.   frozen: tuple of regexes.
 """
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -245,6 +246,66 @@ OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict], optax.GradientTransf
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
+# (key, lowest, highest, whether each bound is allowed, which optimizer/schedule reads the key;
+# None = always). Only the keys the chosen optimizer and schedule read are checked, so an unused
+# field never stops a run.
+_RANGES = (
+    ("learning_rate", 0.0, math.inf, (False, False), None),
+    ("weight_decay", 0.0, math.inf, (True, False), None),
+    ("grad_clip_norm", 0.0, math.inf, (True, False), None),
+    ("momentum", 0.0, 1.0, (True, False), "sgd"),
+    ("b1", 0.0, 1.0, (True, False), "adamw"),
+    ("b2", 0.0, 1.0, (True, False), "adamw"),
+    ("eps", 0.0, math.inf, (False, False), "adamw"),
+    ("step_factor", 0.0, math.inf, (False, False), "step"),
+    ("poly_power", 0.0, math.inf, (False, False), "poly"),
+    ("cosine_end_factor", 0.0, 1.0, (True, True), "cosine"),
+)
+
+
+def _check_values(cfg: ml_collections.ConfigDict) -> None:
+    """Every number of `config.optim` that this optimizer and schedule read is finite and in
+    range, and the per-parameter lists are well formed; errors name the key.
+
+    A negative learning rate would train by gradient ascent, and a NaN one only show up as a
+    NaN loss; both stop here, before anything is built.
+    """
+    for key, low, high, (low_ok, high_ok), used_by in _RANGES:
+        if used_by not in (None, cfg.optimizer, cfg.schedule):
+            continue
+        value = cfg[key]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        inside = (low <= number if low_ok else low < number) and (
+            number <= high if high_ok else number < high
+        )
+        if not (math.isfinite(number) and inside):
+            bounds = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+            raise ValueError(
+                f"config.optim.{key}={value!r}: must be a finite number in {bounds}"
+                + (f" ({used_by} reads it)" if used_by else "")
+            )
+    multipliers = tuple(cfg.lr_multipliers)
+    pairs = all(
+        isinstance(m, (tuple, list)) and len(m) == 2 and isinstance(m[0], str) for m in multipliers
+    )
+    factors = [m[1] for m in multipliers] if pairs else []
+    if not pairs or not all(_positive_number(f) for f in factors):
+        raise ValueError(
+            f"config.optim.lr_multipliers={multipliers}: must be ((regex, factor), ...) pairs "
+            "with finite factors > 0; put parameters that should not train in "
+            "config.optim.frozen"
+        )
+    if not all(isinstance(p, str) for p in cfg.frozen):
+        raise ValueError(f"config.optim.frozen={tuple(cfg.frozen)}: must be regex strings")
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def make_optimizer(
     cfg: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -264,7 +325,12 @@ def make_optimizer(
 
     Raises:
       ValueError: unknown `optimizer`, `schedule` or `weight_decay_mode` (the message lists the
-        valid names), bad regexes, or non-positive multipliers.
+        valid names); a number this optimizer or schedule reads that is not finite or out of
+        its range (`learning_rate` > 0, `momentum`/`b1`/`b2` in [0, 1), `eps` > 0,
+        `weight_decay`/`grad_clip_norm` >= 0, `step_factor`/`poly_power` > 0,
+        `cosine_end_factor` in [0, 1]); durations that do not fit in `total_steps`; bad regexes;
+        or multipliers that are not (regex, factor > 0) pairs. train_lib calls this at start-up,
+        before the data set or the model is built.
     """
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(
@@ -276,21 +342,13 @@ def make_optimizer(
             f"config.optim.weight_decay_mode={cfg.weight_decay_mode!r} is not valid; "
             f"valid names: {list(WEIGHT_DECAY_MODES)}"
         )
+    _check_values(cfg)
     schedule = make_schedule(cfg, total_steps)
     weight_decay = float(cfg.weight_decay)
     clip = float(cfg.grad_clip_norm)
-    if weight_decay < 0 or clip < 0:
-        raise ValueError(
-            f"config.optim.weight_decay={weight_decay} and grad_clip_norm={clip} must be >= 0"
-        )
 
     multiplier_patterns = _compile_patterns("lr_multipliers", [p for p, _ in cfg.lr_multipliers])
     factors = [float(f) for _, f in cfg.lr_multipliers]
-    if any(f <= 0 for f in factors):
-        raise ValueError(
-            f"config.optim.lr_multipliers={tuple(cfg.lr_multipliers)}: factors must be > 0; "
-            "put parameters that should not train in config.optim.frozen"
-        )
     groups = {f"group_{i}": optax.scale(f) for i, f in enumerate(factors)}
     groups["default"] = optax.identity()
 

@@ -322,10 +322,15 @@ class RunDir:
         return path
 
     def read_config(self) -> ml_collections.ConfigDict:
-        """config.json as written by `write_config` (tuples come back as lists)."""
+        """config.json as written by `write_config`, read through the command line's typed
+        validation (`config_checks.read_run_config`: each value against configs/base.py's field
+        type, tuples back as tuples, then the checks eval, predict and export need); a bad
+        value raises a ValueError naming its `config.<key>` and this file."""
         if not self.config_json.exists():
             raise FileNotFoundError(f"No {CONFIG_FILENAME} in {self.path}: is it a jaxseg workdir?")
-        return ml_collections.ConfigDict(read_json(self.config_json))
+        from jaxseg import config_checks  # Not at the top: it imports jax (see write_config).
+
+        return config_checks.read_run_config(read_json(self.config_json), str(self.config_json))
 
     def read_metrics(self, *, missing_ok: bool = False) -> list[dict]:
         """metrics.jsonl's records in file order, one dict per line.

@@ -482,3 +482,33 @@ def test_broken_links_are_named_and_links_out_of_the_folder_are_recorded(tmp_pat
     with pytest.raises(ValueError, match="broken symbolic link") as error:
         loading.open_split(cfg, "train", key="test")
     assert str(images / "c.png") in str(error.value)
+
+
+def test_one_class_split_is_recorded_and_warned_about_and_one_class_names_the_key(tmp_path, caplog):
+    # All-zero masks (issue 23, item 4): with 2 classes training would drive the loss to 0 by
+    # predicting background everywhere; with 1 class it used to train to "mIoU 1.0000".
+    blank = np.zeros((10, 12), np.uint8)
+    _write_folder(tmp_path, {"a": blank, "b": blank, "c": _mask(1)})
+    (tmp_path / "data" / "val.txt").write_text("c\n")
+    cfg = _folder_cfg(tmp_path, class_names=("background", "cell"), val_list="val.txt")
+    with caplog.at_level("WARNING"):
+        spec, _ = loading.open_split(cfg, "train", key="config.data.train_split")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        m.startswith("config.data.train_split: only 'background' of the 2 classes has pixels")
+        for m in warnings
+    ), warnings
+    # Counted while building and kept in the written metadata: a fresh builder reads them.
+    fresh = spec.make_builder(cfg)
+    assert fresh.info.metadata["class_pixels"] == {
+        "train": [2 * 10 * 12, 0],
+        "validation": [10 * 12 - 1 - 24, 24],  # _mask: one ignore pixel, a 4 x 6 object
+    }
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        loading.open_split(cfg, "validation", key="config.data.eval_split")
+    assert not [r for r in caplog.records if "classes has pixels" in r.getMessage()]
+    # One class name: an error naming the key, before anything is built.
+    one = _folder_cfg(tmp_path / "one", class_names=("background",))
+    with pytest.raises(ValueError, match=r"config\.data\.folder\.class_names: need 2\.\.255"):
+        loading.open_split(one, "train", key="config.data.train_split")

@@ -106,6 +106,7 @@ def test_report_flags_ids_that_are_no_class_and_mostly_ignored_masks():
     }
     text = inspection.format_report(stats, "mine")
     assert "classes that never occur: foreground" in text
+    assert "only 'background' of the 2 classes has pixels in this split" in text
     assert "ids outside 0..1 and 255: 7: 8 px" in text
     assert "62% of all pixels are ignore" in text
 
@@ -138,3 +139,25 @@ def test_inspect_flags_an_eval_pad_size_smaller_than_the_examples(tmp_path, caps
     out = capsys.readouterr().out
     assert "config.data.eval_pad_size = (32, 24) is smaller than the largest example" in out
     assert "set it to at least (32, 32)" in out
+
+
+def test_inspect_warns_when_a_split_has_one_class_present(tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(np.zeros((6, 5), np.uint8)).save(root / "masks" / f"{stem}.png")
+        Image.fromarray(np.full((6, 5), 90, np.uint8)).save(root / "images" / f"{stem}.png")
+    config = smoke.get_config()
+    config.data.name = "image_folder"
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.folder.root = str(root)
+    config.data.folder.channels = 1
+    config.data.mean, config.data.std = (0.5,), (0.25,)
+    stats = inspection.inspect_split(config.data, "train", key="config.data.train_split")
+    assert stats["class_pixels"] == [60, 0]
+    text = inspection.format_report(stats, "mine")
+    assert "WARNING: only 'background' of the 2 classes has pixels in this split" in text
+    # A split with both classes present gets no such line.
+    stats["class_pixels"] = [50, 10]
+    assert "classes has pixels" not in inspection.format_report(stats, "mine")

@@ -163,6 +163,42 @@ def test_bad_config_raises_naming_the_field(overrides, match):
         optim.make_optimizer(_cfg(**overrides), total_steps=10)
 
 
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        # Gradient ascent, a no-op run and a NaN one, each named before anything trains.
+        (
+            {"learning_rate": -0.01},
+            r"config\.optim\.learning_rate=-0\.01: must be a finite .* \(0, inf\)",
+        ),
+        ({"learning_rate": 0.0}, r"config\.optim\.learning_rate=0\.0"),
+        ({"learning_rate": math.nan}, r"config\.optim\.learning_rate=nan"),
+        ({"learning_rate": math.inf}, r"config\.optim\.learning_rate=inf"),
+        ({"momentum": 1.0}, r"config\.optim\.momentum=1\.0: .* \[0, 1\) \(sgd reads it\)"),
+        ({"optimizer": "adamw", "b1": -0.1}, r"config\.optim\.b1=-0\.1"),
+        ({"optimizer": "adamw", "b2": 1.0}, r"config\.optim\.b2=1\.0"),
+        ({"optimizer": "adamw", "eps": 0.0}, r"config\.optim\.eps=0\.0"),
+        ({"weight_decay": math.nan}, r"config\.optim\.weight_decay=nan"),
+        ({"weight_decay": -1e-4}, r"config\.optim\.weight_decay=-0\.0001: .* \[0, inf\)"),
+        ({"grad_clip_norm": -1.0}, r"config\.optim\.grad_clip_norm=-1\.0"),
+        ({"schedule": "step", "step_factor": 0.0}, r"config\.optim\.step_factor=0\.0"),
+        ({"schedule": "poly", "poly_power": -1.0}, r"config\.optim\.poly_power=-1\.0"),
+        ({"schedule": "cosine", "cosine_end_factor": 1.5}, r"config\.optim\.cosine_end_factor"),
+        ({"lr_multipliers": (("bias",),)}, r"config\.optim\.lr_multipliers=.*pairs"),
+        ({"lr_multipliers": (("bias", math.nan),)}, r"config\.optim\.lr_multipliers"),
+        ({"frozen": (3,)}, r"config\.optim\.frozen=\(3,\): must be regex strings"),
+    ],
+)
+def test_out_of_range_optimiser_values_raise_naming_the_key(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        optim.make_optimizer(_cfg(**overrides), total_steps=10)
+
+
+def test_values_of_an_unused_optimizer_or_schedule_are_not_checked():
+    # AdamW's b2 and the poly power are never read by SGD with a constant schedule.
+    optim.make_optimizer(_cfg(b2=1.0, poly_power=0.0, momentum=0.0), total_steps=10)
+
+
 @pytest.mark.parametrize("key", ["frozen", "lr_multipliers"])
 def test_regex_matching_no_parameter_raises_at_init(key):
     value = ("decoder",) if key == "frozen" else (("decoder", 2.0),)

@@ -64,13 +64,13 @@ def test_lock_held_on_another_host_is_refused(tmp_path):
 
 def test_write_and_read_config(tmp_path):
     config = ml_collections.ConfigDict(
-        {"model": "fcn8s", "optim": {"lr": 1e-4, "boundaries": (10, 20)}, "seed": 0}
+        {"model": {"name": "fcn8s"}, "optim": {"lr": 1e-4, "boundaries": (10, 20)}, "seed": 0}
     )
     path = workdir_lib.write_config(tmp_path, config)
     assert path == tmp_path / "config.json"
     assert json.loads(path.read_text())["optim"] == {"lr": 1e-4, "boundaries": [10, 20]}
     loaded = workdir_lib.read_config(tmp_path)
-    assert loaded.model == "fcn8s" and loaded.optim.lr == 1e-4
+    assert loaded.model.name == "fcn8s" and loaded.optim.lr == 1e-4
     assert list(loaded.optim.boundaries) == [10, 20]
 
     # Resuming with the same config: nothing to keep.
@@ -250,3 +250,58 @@ def test_a_gs_workdir_gets_every_artefact_and_resumes_from_it(fake_gcs, tmp_path
     assert sorted(p.name for p in (local / "checkpoints").iterdir()) == ["3", "6"]
     # Local-only by design (workdir.py): no lock (no exclusive create), no train.log (appends).
     assert not (local / "train.lock").exists() and not (local / "train.log").exists()
+
+
+def _config_json(tmp_path, edit=None) -> str:
+    """A run's config.json (configs/base.py as train.py writes it), edited as JSON by `edit`."""
+    from configs import base
+
+    workdir_lib.write_config(tmp_path, base.get_config())
+    path = tmp_path / "config.json"
+    raw = json.loads(path.read_text())
+    if edit:
+        edit(raw)
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def test_read_config_types_each_value_like_the_command_line_naming_key_and_file(tmp_path):
+    path = _config_json(tmp_path)
+    loaded = workdir_lib.read_config(tmp_path)
+    # Typed like --config.<key>=...: tuples come back as tuples, placeholders as None.
+    assert loaded.data.crop_size == (96, 96) and loaded.model.base_width == 16
+    assert loaded.data.data_dir is None
+    cases = [
+        # A hand-edited "base_width": "4" used to end in a TypeError from the model's conv
+        # shapes, naming neither the key nor the file (issue 23, item 11).
+        (("model", "base_width"), "4", r"config\.model\.base_width in .* is '4' \(str\) but must "),
+        (("model", "use_batchnorm"), 1, r"config\.model\.use_batchnorm .* must be a bool"),
+        (("optim", "learning_rate"), True, r"config\.optim\.learning_rate .* must be a float"),
+        (("data", "crop_size"), 96, r"config\.data\.crop_size .* must be a tuple"),
+        (("eval", "mode"), None, r"config\.eval\.mode in .* is None"),
+        (("data", "folder"), "my_folder", r"config\.data\.folder in .* not a group of settings"),
+        # Typed but ill-formed: the start-up checks that eval/predict/export need, same file.
+        (("data", "crop_size"), [96], r"config\.json: config\.data\.crop_size = \(96,\): must"),
+        (("eval", "tile_in"), [572], r"config\.json: config\.eval\.tile_in: tile_in must be 2"),
+        (("model", "num_classes"), 1, r"config\.json: config\.model\.num_classes = 1 but"),
+    ]
+    for (group, key), value, message in cases:
+        _config_json(tmp_path, lambda raw, g=group, k=key, v=value: raw[g].__setitem__(k, v))
+        with pytest.raises(ValueError, match=message) as error:
+            workdir_lib.read_config(tmp_path)
+        assert path in str(error.value)
+
+
+def test_read_config_loads_a_config_json_of_an_earlier_version(tmp_path):
+    def older(raw):
+        # Keys added since (absent), a key since removed (kept as written), ints for floats.
+        del raw["eval"]["isbi_metrics"], raw["data"]["pad_buckets"], raw["data"]["folder"]
+        raw["model"]["fcn_head"] = "score_fr"
+        raw["optim"]["learning_rate"] = 1
+
+    _config_json(tmp_path, older)
+    loaded = workdir_lib.read_config(tmp_path)
+    assert "isbi_metrics" not in loaded.eval and "pad_buckets" not in loaded.data
+    assert "folder" not in loaded.data
+    assert loaded.model.fcn_head == "score_fr"
+    assert loaded.optim.learning_rate == 1.0 and isinstance(loaded.optim.learning_rate, float)

@@ -99,6 +99,16 @@ def format_report(stats: dict, data_name: str) -> str:
         f"  {IGNORE_ID:>3}  {'(ignore)':<24} {stats['ignore_pixels']:>14,} "
         f"{stats['ignore_fraction']:>8.2%}"
     )
+    present = [n for n, p in zip(stats["class_names"], stats["class_pixels"], strict=True) if p]
+    if len(present) <= 1:
+        # Training on it drives the loss to 0 by predicting one class everywhere; its mIoU
+        # means nothing.
+        lines.append(
+            f"  WARNING: only {repr(present[0]) if present else 'no class'} of the "
+            f"{len(stats['class_names'])} classes has pixels in this split: the model cannot "
+            "learn to tell classes apart from it. Check the masks' encoding (image_folder: "
+            "data.folder.mask_format / id_map / ignore_ids / class_names)."
+        )
     if stats["absent_classes"]:
         lines.append(f"  WARNING: classes that never occur: {', '.join(stats['absent_classes'])}")
     if stats["invalid_ids"]:

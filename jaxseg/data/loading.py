@@ -29,6 +29,7 @@ pads the last batches with `valid=False` examples so every host runs the same nu
 same-shaped batches (one compilation).
 """
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -41,6 +42,7 @@ from absl import flags
 from jax.experimental import multihost_utils
 
 from jaxseg.data import augment, datasets, precomputed, weight_maps
+from jaxseg.data.builders import image_folder
 from jaxseg.labels import IGNORE_ID
 
 Batch = dict[str, np.ndarray]
@@ -100,7 +102,36 @@ def open_split(
     source = builder.as_data_source(split)
     if len(source) == 0:
         raise ValueError(f"{key}: split {split!r} of {spec.name} is empty")
+    if spec.name == "image_folder":
+        warn_if_one_class(image_folder.recorded_class_pixels(builder, split), spec, split, key)
     return spec, source
+
+
+def warn_if_one_class(
+    class_pixels: Sequence[int] | None, spec: datasets.DatasetSpec, split: str, key: str
+) -> bool:
+    """Logs a warning (and returns True) when at most one class has pixels in `split`.
+
+    `class_pixels`: pixels per class id, as the image_folder build records them (None: not
+    recorded, e.g. built-in data sets: no warning). Such a split teaches nothing (training on it
+    drives the loss to 0 by predicting that class everywhere) and scores a meaningless mIoU.
+    """
+    if class_pixels is None:
+        return False
+    present = [name for name, pixels in zip(spec.class_names, class_pixels) if pixels]
+    if len(present) > 1:
+        return False
+    logging.warning(
+        "%s: only %s of the %d classes has pixels in split %r of %s; every mask is that one "
+        "class (or ignore). Check the masks and their encoding (python -m jaxseg.data.inspect; "
+        "config.data.folder.mask_format, id_map, ignore_ids, class_names).",
+        key,
+        repr(present[0]) if present else "no class",
+        len(spec.class_names),
+        split,
+        spec.name,
+    )
+    return True
 
 
 def _prepare(spec: datasets.DatasetSpec, data_cfg: ml_collections.ConfigDict):

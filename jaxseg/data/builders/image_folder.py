@@ -115,8 +115,12 @@ def make_config(folder_cfg) -> SegmentationFolderConfig:
     if folder_cfg.channels not in (1, 3):
         raise ValueError(f"{where}.channels: {folder_cfg.channels} is not 1 or 3")
     num_classes = len(folder_cfg.class_names)
-    if not 1 <= num_classes <= IGNORE_ID:
-        raise ValueError(f"{where}.class_names: need 1..{IGNORE_ID} names, got {num_classes}")
+    if not 2 <= num_classes <= IGNORE_ID:
+        # One class would train to a perfect score on nothing (loss and gradients exactly 0).
+        raise ValueError(
+            f"{where}.class_names: need 2..{IGNORE_ID} names (segmentation needs a background "
+            f"and at least one other class), got {num_classes}"
+        )
     palette = tuple(tuple(int(v) for v in c) for c in folder_cfg.palette)
     if folder_cfg.mask_format == "palette" and len(palette) != num_classes:
         raise ValueError(
@@ -252,7 +256,8 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                 }
             ),
             # {"intensity_range": [low, high] or [], "root": ..., "fingerprint": ..., "links":
-            # {relative path: resolved path} of symbolic links out of the root}
+            # {relative path: resolved path} of symbolic links out of the root, "class_pixels":
+            # {split: [pixels of class 0, 1, ...]} (`recorded_class_pixels`)}
             metadata=tfds.core.MetadataDict(),
         )
 
@@ -270,21 +275,27 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
             root=cfg.root,
             fingerprint=cfg.fingerprint,
             links=linked_files(pairs, cfg.root),
+            class_pixels={},
         )
         return {
-            split: self._generate_examples(items)
+            split: self._generate_examples(split, items)
             for split, items in assign_splits(pairs, cfg).items()
         }
 
-    def _generate_examples(self, items):
+    def _generate_examples(self, split, items):
         cfg = self.builder_config
         saw_class, unmapped_255 = False, None
+        # Counted here, where every mask is read anyway, so that training can warn about a
+        # split with one class present without reading the data again. tfds writes the
+        # metadata after the splits are generated, so what is added here is kept.
+        class_pixels = np.zeros(cfg.num_classes, np.int64)
         for key, image_path, mask_path, page in items:
             image = images.decode(
                 image_path, channels=cfg.channels, page=page, intensity_range=self._range
             )
             label, raw_255 = _read_mask_ids(mask_path, page, cfg)
             saw_class = saw_class or bool(((label > 0) & (label != IGNORE_ID)).any())
+            class_pixels += np.bincount(label.ravel(), minlength=IGNORE_ID + 1)[: cfg.num_classes]
             if raw_255 and unmapped_255 is None:
                 unmapped_255 = mask_path
             if image.shape[:2] != label.shape:
@@ -307,6 +318,7 @@ class SegmentationFolder(tfds.core.GeneratorBasedBuilder):
                 "255 is the foreground, set config.data.folder.id_map=((255, 1),); if 255 really "
                 "is ignore, say so with id_map=((255, 255),)"
             )
+        self.info.metadata["class_pixels"][split] = class_pixels.tolist()
 
 
 def folder_intensity_range(items) -> tuple[float, float] | tuple[()]:
@@ -322,6 +334,13 @@ def folder_intensity_range(items) -> tuple[float, float] | tuple[()]:
 def recorded_intensity_range(builder: SegmentationFolder) -> tuple[float, ...]:
     """The 16-bit range a built folder data set used; () if it holds no 16-bit images."""
     return tuple(float(v) for v in builder.info.metadata.get("intensity_range", ()))
+
+
+def recorded_class_pixels(builder: SegmentationFolder, split: str) -> list[int] | None:
+    """Pixels of each class id in `split` (a split name, tfds slicing ignored) of a built
+    folder data set; None for copies built before these counts were recorded."""
+    counts = builder.info.metadata.get("class_pixels", {})
+    return counts.get(split.split("[")[0])
 
 
 def check_recorded(builder: SegmentationFolder) -> None:
