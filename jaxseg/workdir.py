@@ -394,8 +394,12 @@ def write_text(path: epath.Path, text: str) -> None:
         path.write_text(text)
         return
     tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:  # A failed write (a full disk) leaves no temporary file behind.
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_json(path: epath.Path, obj: Any, **dump_kwargs) -> None:

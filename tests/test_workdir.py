@@ -305,3 +305,24 @@ def test_read_config_loads_a_config_json_of_an_earlier_version(tmp_path):
     assert "folder" not in loaded.data
     assert loaded.model.fcn_head == "score_fr"
     assert loaded.optim.learning_rate == 1.0 and isinstance(loaded.optim.learning_rate, float)
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """A full disk mid-write (eval/report.json): the previous report stays whole and no
+    report.json.tmp is left behind."""
+    from etils import epath
+
+    report = epath.Path(tmp_path) / "report.json"
+    workdir_lib.write_json(report, {"step": 1})
+    real = epath.Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real(self, text[:3], *args, **kwargs)  # part of it, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(epath.Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        workdir_lib.write_json(report, {"step": 2})
+    monkeypatch.undo()
+    assert json.loads(report.read_text()) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
