@@ -100,10 +100,13 @@ def test_hosted_spec_loads_through_mock_data(name):
 
 def test_hosted_example_with_mismatched_mask_is_named():
     # tfds's default mock gives image and mask independent random sizes: a corrupt example.
+    # USE_CODE: splits from the code, not from tfds's packaged metadata files, which are read
+    # differently with and without TensorFlow installed (without it the mock's splits came back
+    # empty on 2026-12-03).
     cfg = data_config()
     cfg.name = "oxford_iiit_pet"
     cfg.crop_size = (8, 8)
-    with tfds.testing.mock_data(num_examples=2):
+    with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
         iterator = loading.host_batches(cfg, global_batch_size=2, seed=0)
         with pytest.raises(
             ValueError, match=r"oxford_iiit_pet/train example index \d.*image and mask sizes differ"
