@@ -8,7 +8,7 @@ eval/per_class.md, and prints the FCN paper's four metrics.
 
 from jaxseg import backend
 
-backend.configure_xla_flags()  # Before jax is imported.
+backend.configure_before_jax()  # Before jax is imported.
 
 import json  # noqa: E402
 

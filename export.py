@@ -13,7 +13,7 @@ pip install -e ".[savedmodel]".
 
 from jaxseg import backend
 
-backend.configure_xla_flags()  # Before jax is imported.
+backend.configure_before_jax()  # Before jax is imported.
 
 import json  # noqa: E402
 

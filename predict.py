@@ -30,7 +30,7 @@ import sys
 
 from jaxseg import backend
 
-backend.configure_xla_flags()  # Before jax is imported.
+backend.configure_before_jax()  # Before jax is imported.
 
 
 from absl import app, flags  # noqa: E402

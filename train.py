@@ -11,7 +11,7 @@ the run reached config.total_steps; 75 (EX_TEMPFAIL) when it stopped early with 
 
 from jaxseg import backend
 
-backend.configure_xla_flags()  # Before jax is imported.
+backend.configure_before_jax()  # Before jax is imported.
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402

@@ -14,7 +14,7 @@ import sys
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import functools  # noqa: E402
 import time  # noqa: E402

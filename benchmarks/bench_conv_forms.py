@@ -16,7 +16,7 @@ is in the library; the others are here because they were measured and dropped (B
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import argparse  # noqa: E402
 

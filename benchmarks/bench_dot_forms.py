@@ -13,7 +13,7 @@ jaxseg/models/layers.py are chosen from what this prints; figures in BENCHMARKS.
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import argparse  # noqa: E402
 

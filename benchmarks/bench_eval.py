@@ -16,7 +16,7 @@ the config's evaluation split (the default's synthetic validation set).
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import argparse  # noqa: E402
 import functools  # noqa: E402

@@ -11,7 +11,7 @@ there are any. These are the measurements behind the choices in layers.py and ba
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import argparse  # noqa: E402
 

@@ -17,7 +17,7 @@ import os
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import argparse  # noqa: E402
 import functools  # noqa: E402

@@ -16,7 +16,7 @@ Prints a readable line and a `RESULT {json}` line (collected by benchmarks/side_
 
 from jaxseg import backend
 
-backend.configure_xla_flags()
+backend.configure_before_jax()
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -141,6 +141,8 @@ def main():
         f"compile {compile_s:.1f} s, first step {stats['first_step_s']:.1f} s, "
         f"step {stats['step_s_median']:.3f} s ({stats['step_s_min']:.3f}-"
         f"{stats['step_s_max']:.3f}), {images_per_s:.2f} img/s, "
+        f"{stats['page_faults_per_step']:.0f} page faults and "
+        f"{stats['system_s_per_step']:.3f} kernel CPU-s per step, "
         + common.rate_text(step_flops / batch_size, gflops, peak, memory["peak_mem_mb"]),
     )
 

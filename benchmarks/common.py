@@ -37,20 +37,25 @@ def machine() -> str:
 def time_repeats(step: Callable[[], object], repeats: int) -> dict[str, float]:
     """Times the first call (compile + run), one more warm-up, then `repeats` calls.
 
-    `step` must block until its work is done. Returns first_step_s and the median, min and max
-    of the timed calls.
+    `step` must block until its work is done. Returns first_step_s, the median, min and max
+    of the timed calls, and the process's minor page faults and kernel CPU seconds per timed
+    call (what the host allocator tuning of `jaxseg.backend` is about).
     """
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
     step()
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "first_step_s": first,
+        "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / repeats,
+        "system_s_per_step": (after.ru_stime - before.ru_stime) / repeats,
         "step_s_median": statistics.median(times),
         "step_s_min": min(times),
         "step_s_max": max(times),

@@ -11,28 +11,23 @@ in it (read from jaxlib's library: XLA aborts the process at start-up on an unkn
 none. Flags are only added on CPU runs and never over a setting the user made in XLA_FLAGS. Set
 JAXSEG_NO_XLA_TUNING=1 to leave XLA_FLAGS untouched.
 
-On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
-compiles the partitionable threefry random-bit generator very slowly for small shapes, such as
-the default U-Net's jitted init (measured: BENCHMARKS.md, section "Compile time of the
-initialisation"; `python -m benchmarks.bench_init_compile`). Random values differ between the two
-settings, but both are deterministic and independent of the device count; accelerators keep
-jax's default.
-
-Left at jax's defaults, deliberately (measured in BENCHMARKS.md):
-- Layout: models are NHWC throughout and XLA chooses physical layouts itself; there is no
-  channels_last switch to remember (PyTorch needs one for its fast CPU/GPU convolutions).
-- Matmul precision: jax's default, under which f32 convolutions and matmuls on recent NVIDIA
-  GPUs run as TF32 (PyTorch's cuDNN convolutions do the same by default). Set
-  `jax.config.update("jax_default_matmul_precision", "highest")` for full f32 products.
-- bfloat16 (`config.model.dtype`): XLA:CPU computes bf16 convolutions without the CPU's bf16
-  dot instructions (about f32 speed), so on CPU jaxseg's layers run bf16 convs and matmuls as
-  bf16 x bf16 -> f32 dot_generals (`jaxseg/models/layers.py:conv`), which use AVX512_BF16/AMX
-  where the CPU has them; on CPUs without them (AVX2 only) bf16 saves memory but not time. GPUs
-  and TPUs keep XLA's native convolutions, their fast path.
-- Other XLA:CPU options (`xla_cpu_use_onednn`, `xla_cpu_use_xnnpack`, the YNNPACK fusion types
-  dot / eltwise / reduce / individual_dot) were measured under 0.12.0.1 and not adopted: none
-  was faster than `-individual_convolution` alone beyond this VM's run-to-run spread, and
-  dropping individual_dot too made the default U-Net slower.
+XLA:CPU allocates a program's temporary buffers at every call (the default U-Net's train step:
+about 170 MB, from its worker threads) and frees them after. glibc's malloc serves such requests
+from a thread's own arena with fresh `mmap`s (a thread arena's heaps hold at most 64 MiB) and
+returns them with `munmap`, so every step faulted its buffers in again, 4 KiB at a time: 38
+thousand page faults and about 0.11 CPU-s of kernel time per default step, a fifth of its CPU
+time. `configure_host_allocator` caps malloc's arenas at the cores this process may use, turns
+off `mmap` allocations and heap trimming, so threads that share the main arena reuse freed
+buffers. Measured on a 2-core AVX2 host (BENCHMARKS.md, section "Host allocator"): the default
+run's page faults fall to a third and its 400-step wall time by 12-18%, peak RSS 0.1-0.4 GB
+higher (the heap does not shrink). Not measured on more cores, where more of XLA's threads
+have arenas of their own and keep mmap'ing. It applies only where XLA:CPU runs the model (no
+accelerator plugin installed, or JAX_PLATFORMS=cpu), on glibc, and never over a MALLOC_* or
+GLIBC_TUNABLES setting of the user's; JAXSEG_NO_MALLOC_TUNING=1 leaves malloc as it is.
+Measured and not adopted: one arena (every thread reuses, but lock contention made the run
+slower than glibc's default) and transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,
+which needs a restart: 7-14% on the 400-step run, less than the arenas, and slower combined).
+`configure_before_jax` runs this and `configure_xla_flags`.
 """
 
 from __future__ import annotations
@@ -109,6 +104,62 @@ def measured_flags(version: str) -> tuple[str, ...]:
     )
     flags = MEASURED_FLAGS[nearest]
     return flags if _xla_knows(flags) else ()
+
+
+def configure_before_jax() -> None:
+    """What an entry point runs first, before `import jax`: the host allocator and the measured
+    XLA flags (the module docstring)."""
+    configure_host_allocator()
+    configure_xla_flags()
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def malloc_settings() -> tuple[tuple[int, int], ...]:
+    """(mallopt parameter, value): arenas capped at this process's usable cores (2 measured),
+    no mmap'd chunks, no trimming."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return ((_M_ARENA_MAX, max(2, cores or 2)), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+_USER_MALLOC_ENV = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+def _runs_on_cpu() -> bool:
+    """Whether XLA:CPU will run the model, decided without importing jax: JAX_PLATFORMS names
+    cpu first, or it is unset and no accelerator plugin (CUDA / ROCm / TPU) is installed."""
+    import importlib.util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu"))
+
+
+def _is_glibc() -> bool:
+    import platform
+
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def configure_host_allocator() -> bool:
+    """Lets XLA:CPU reuse freed temporary buffers (the module docstring); True if applied.
+
+    Call it before `import jax`, while the process has no other threads: a thread is bound to
+    an arena at its first allocation.
+    """
+    import ctypes
+
+    if "jax" in sys.modules:
+        raise RuntimeError("configure_host_allocator() must be called before jax is imported")
+    if os.environ.get("JAXSEG_NO_MALLOC_TUNING") or not _runs_on_cpu() or not _is_glibc():
+        return False
+    if any(name.startswith(_USER_MALLOC_ENV) for name in os.environ):
+        return False  # the user's own allocator settings (or allocator) win
+    mallopt = ctypes.CDLL(None).mallopt
+    return all(mallopt(param, value) == 1 for param, value in malloc_settings())
 
 
 def configure_xla_flags() -> None:

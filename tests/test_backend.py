@@ -99,3 +99,92 @@ def test_flags_we_added_are_hidden_from_tensorflow_and_restored(env):
     with backend.xla_flags_hidden_from_tensorflow():
         assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
     assert os.environ["XLA_FLAGS"] == full
+
+
+
+
+_PROBE = """
+import ctypes, resource, sys
+from jaxseg import backend
+applied = backend.configure_host_allocator()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size, faults = 96 << 20, []
+for _ in range(3):  # what XLA:CPU does at each call: a big temporary buffer, written, freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer = libc.malloc(size)
+    ctypes.memset(buffer, 1, size)
+    libc.free(buffer)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(repr((applied, faults)))
+"""
+
+
+def _probe(**environ):
+    import ast
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_", "JAX"))}
+    env.update(environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return ast.literal_eval(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not backend._is_glibc(), reason="the allocator settings are glibc's")
+def test_host_allocator_reuses_a_freed_big_buffer_instead_of_faulting_it_in_again():
+    pages = (96 << 20) // os.sysconf("SC_PAGE_SIZE")
+    applied, faults = _probe()
+    assert applied
+    # Faulted in once, then reused from the heap (neither unmapped nor trimmed).
+    assert faults[0] > pages // 2 and max(faults[1:]) < pages // 50, faults
+    applied, faults = _probe(JAXSEG_NO_MALLOC_TUNING="1")
+    assert not applied
+    assert min(faults) > pages // 2, faults  # glibc's default: mmap'd anew, faulted anew
+
+
+def test_malloc_settings_cap_the_arenas_at_the_usable_cores(env):
+    env.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert dict(backend.malloc_settings()) == {-8: 6, -4: 0, -1: 2**31 - 1}
+    env.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert dict(backend.malloc_settings())[-8] == 2  # 2: the smallest measured
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"JAX_PLATFORMS": "cuda"},  # an accelerator runs the model
+        {"JAX_PLATFORMS": "tpu,cpu"},
+        {"JAXSEG_NO_MALLOC_TUNING": "1"},
+        {"MALLOC_ARENA_MAX": "4"},  # the user's own allocator settings win
+        {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+        {"LD_PRELOAD": "libjemalloc.so.2"},
+    ],
+)
+def test_host_allocator_left_alone(env, environ):
+    for key, value in environ.items():
+        env.setenv(key, value)
+    assert backend.configure_host_allocator() is False
+
+
+def test_host_allocator_is_refused_after_jax_is_imported():
+    import jax  # noqa: F401
+
+    with pytest.raises(RuntimeError, match="before jax is imported"):
+        backend.configure_host_allocator()
+
+
+def test_an_accelerator_plugin_means_no_cpu_tuning(env):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    env.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "jax_plugins" else real(n, *a)
+    )
+    assert not backend._runs_on_cpu()
+    env.setenv("JAX_PLATFORMS", "cpu")
+    assert backend._runs_on_cpu()
+    env.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert not backend._runs_on_cpu()

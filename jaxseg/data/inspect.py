@@ -10,7 +10,7 @@ writes <output>/examples_<split>.png (images, masks and a class legend) and <out
 
 from jaxseg import backend
 
-backend.configure_xla_flags()  # Before jax is imported.
+backend.configure_before_jax()  # Before jax is imported.
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
