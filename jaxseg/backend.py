@@ -28,6 +28,29 @@ Measured and not adopted: one arena (every thread reuses, but lock contention ma
 slower than glibc's default) and transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`,
 which needs a restart: 7-14% on the 400-step run, less than the arenas, and slower combined).
 `configure_before_jax` runs this and `configure_xla_flags`.
+
+On the CPU backend we also switch off `jax_threefry_partitionable`: under jax 0.10.2 XLA:CPU
+compiles the partitionable threefry random-bit generator very slowly for small shapes, such as
+the default U-Net's jitted init (measured: BENCHMARKS.md, section "Compile time of the
+initialisation"; `python -m benchmarks.bench_init_compile`). Random values differ between the two
+settings, but both are deterministic and independent of the device count; accelerators keep
+jax's default.
+
+Left at jax's defaults, deliberately (measured in BENCHMARKS.md):
+- Layout: models are NHWC throughout and XLA chooses physical layouts itself; there is no
+  channels_last switch to remember (PyTorch needs one for its fast CPU/GPU convolutions).
+- Matmul precision: jax's default, under which f32 convolutions and matmuls on recent NVIDIA
+  GPUs run as TF32 (PyTorch's cuDNN convolutions do the same by default). Set
+  `jax.config.update("jax_default_matmul_precision", "highest")` for full f32 products.
+- bfloat16 (`config.model.dtype`): XLA:CPU computes bf16 convolutions without the CPU's bf16
+  dot instructions (about f32 speed), so on CPU jaxseg's layers run bf16 convs and matmuls as
+  bf16 x bf16 -> f32 dot_generals (`jaxseg/models/layers.py:conv`), which use AVX512_BF16/AMX
+  where the CPU has them; on CPUs without them (AVX2 only) bf16 saves memory but not time. GPUs
+  and TPUs keep XLA's native convolutions, their fast path.
+- Other XLA:CPU options (`xla_cpu_use_onednn`, `xla_cpu_use_xnnpack`, the YNNPACK fusion types
+  dot / eltwise / reduce / individual_dot) were measured under 0.12.0.1 and not adopted: none
+  was faster than `-individual_convolution` alone beyond this VM's run-to-run spread, and
+  dropping individual_dot too made the default U-Net slower.
 """
 
 from __future__ import annotations
