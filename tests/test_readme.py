@@ -5,8 +5,9 @@ of the first line after `pip install ... &&`) and from "Everyday commands" the e
 predict.py lines, and runs them in subprocesses with their own relative paths (`runs/default`,
 `my_images/`, `masks/`), from a scratch folder laid out like the repo root (links to train.py,
 eval.py, predict.py, configs/ and jaxseg/), so a developer's own runs/ is never touched. The only
-change to a command is a few `--config.*` duration overrides appended to the train command. If
-the README changes, the test follows it; if a README command stops working, the test fails.
+change to a command is a few `--config.*` duration and data-size overrides appended to the train
+command. If the README changes, the test follows it; if a README command stops working, the test
+fails.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from PIL import Image
 
 from jaxseg import train_lib
 
-# Durations only: a few steps, an evaluation and a checkpoint at each half.
+# Durations and sizes only: a few steps, an evaluation and a checkpoint at each half, and the
+# default data set with fewer images (an evaluation of all 300 took ~10 s on 8 CPU devices).
 STEPS = 4
 SHORTEN = [
+    "--config.data.synthetic.num_train=64",
+    "--config.data.synthetic.num_validation=24",
     f"--config.total_steps={STEPS}",
     f"--config.eval_every_steps={STEPS // 2}",
     f"--config.checkpoint_every_steps={STEPS // 2}",
@@ -105,11 +109,12 @@ def test_first_block_installs_the_test_extra_and_ci_runs_its_test_command():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    """The children's environment: the e2e tests' shared tfds data dir and XLA cache, and no
-    TensorFlow (importing it raises): train, eval and predict never need it."""
+    """The children's environment: a newcomer's machine, one CPU device (the e2e tests run 8),
+    the e2e tests' shared tfds data dir and XLA cache, and no TensorFlow (importing it raises):
+    train, eval and predict never need it."""
     blocker = tensorflow_blocker(tmp_path_factory.mktemp("readme_env"))
     return child_env(
-        shared_dir(tmp_path_factory), 8, PYTHONPATH=os.pathsep.join([blocker, str(REPO)])
+        shared_dir(tmp_path_factory), 1, PYTHONPATH=os.pathsep.join([blocker, str(REPO)])
     )
 
 
