@@ -50,7 +50,9 @@ def assert_trees_equal(a, b):
     for layer in a:
         assert sorted(a[layer]) == ["bias", "kernel"], layer
         for leaf in ("kernel", "bias"):
-            np.testing.assert_array_equal(a[layer][leaf], b[layer][leaf], err_msg=layer)
+            # np.array_equal: exact like assert_array_equal, ~5x faster on fc6's 103M values.
+            x, y = np.asarray(a[layer][leaf]), np.asarray(b[layer][leaf])
+            assert x.dtype == y.dtype and np.array_equal(x, y), (layer, leaf, x.shape, y.shape)
 
 
 def write_legacy_h5(path, layers, *, wrap=False):
