@@ -185,7 +185,21 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def sigint_reaches_children():
+    """SIGINT at its default in the children, as in a terminal. A shell starts a background job
+    (`pytest ... &`) with SIGINT ignored, and an ignored signal stays ignored across exec, so the
+    Ctrl-C run would never see its SIGINT and would train to the end; a Python handler here is
+    reset to the default in a child at exec."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, sigint_reaches_children):
     """Starts every run of this module; tests wait on the ones they check.
 
     The straight run goes first and alone (bar the bad-flag run, which never compiles): it builds
