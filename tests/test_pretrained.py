@@ -50,7 +50,7 @@ def assert_trees_equal(a, b):
     for layer in a:
         assert sorted(a[layer]) == ["bias", "kernel"], layer
         for leaf in ("kernel", "bias"):
-            # np.array_equal: exact like assert_array_equal, ~5x faster on fc6's 103M values.
+            # np.array_equal: exact like assert_array_equal, which took 13 s on fc6's 103M values.
             x, y = np.asarray(a[layer][leaf]), np.asarray(b[layer][leaf])
             assert x.dtype == y.dtype and np.array_equal(x, y), (layer, leaf, x.shape, y.shape)
 
