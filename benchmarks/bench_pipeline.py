@@ -82,8 +82,7 @@ def _recipe(name, tmp, count):
         d.name = "image_folder"
         d.folder.root = root
         d.folder.class_names = tuple(f"class{i}" for i in range(21))
-        d.folder.channels = 3
-        d.mean, d.std = default.data_config().mean, default.data_config().std
+        d.folder.channels = 3  # the recipe's own RGB mean/std (VGG's) stay
     else:
         config = default.get_config()
     config.data.data_dir = os.path.join(tmp, "tfds")

@@ -72,3 +72,15 @@ def test_side_by_side_table_ratios_and_shared_peak():
     lines = side_by_side.table([jax_row, newer, torch_row]).splitlines()
     assert lines[-1].endswith("| 0.10.2: 2.00x, 0.12.0.1: 4.00x |")
     assert lines[2].endswith("|  |") and lines[3].endswith("|  |")
+
+
+def test_pipeline_recipes_build_valid_configs(tmp_path):
+    # Each recipe's config, its data written as users bring theirs (2 images): the benchmark
+    # must run on the configs as they are (it once read a config function that was removed).
+    from benchmarks import bench_pipeline
+
+    for name, channels in (("isbi", 1), ("voc", 3), ("default", 3)):
+        config, context = bench_pipeline._recipe(name, str(tmp_path), 2)
+        assert len(config.data.mean) == len(config.data.std) == channels
+        assert tuple(context) == ((92, 92) if name == "isbi" else (0, 0))  # valid U-Net: 92 px
+
