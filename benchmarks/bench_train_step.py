@@ -30,33 +30,28 @@ from jaxseg import optim, sharding, train_lib, train_state  # noqa: E402
 from jaxseg.models import build_model, output_size  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_train_step", description=__doc__.splitlines()[0]
-    )
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that pick the step: model, input size, batch, dtype, overrides."""
     parser.add_argument("--model", "--config", dest="model", default="unet_default")
     parser.add_argument("--size", type=int, default=256, help="square side, px; 0: config's crop")
     parser.add_argument("--batch", type=int, default=4, help="global batch; 0: config's batch")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default=None, help="override model.dtype (float32/bfloat16)")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument(
         "--override", action="append", default=[], help="config override key=value, repeatable"
     )
-    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
-    parser.add_argument(
-        "--compile-only", action="store_true", help="only compile the step (compile time check)"
-    )
-    args = parser.parse_args()
-    backend.configure_jax_for_backend()
 
+
+def build_step(args: argparse.Namespace):
+    """(config, model, step, state, batch): the jitted train step of `args` (see
+    add_step_arguments), its initial state and one random batch, placed on every device."""
+    backend.configure_jax_for_backend()
     config = presets.load(args.model, args.override)
     if args.batch:
         config.batch_size = args.batch
     if args.size:
         config.data.crop_size = (args.size, args.size)
     batch_size, (height, width) = config.batch_size, config.data.crop_size
-    size = f"{height}x{width}"
     if args.dtype:
         config.model.dtype = args.dtype
     model = build_model(config.model)
@@ -80,6 +75,23 @@ def main():
         "label": rng.integers(0, config.model.num_classes, shape).astype(np.int32),
     }
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    return config, model, step, state, batch
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_train_step", description=__doc__.splitlines()[0]
+    )
+    add_step_arguments(parser)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
+    parser.add_argument(
+        "--compile-only", action="store_true", help="only compile the step (compile time check)"
+    )
+    args = parser.parse_args()
+    config, model, step, state, batch = build_step(args)
+    batch_size, (height, width) = config.batch_size, config.data.crop_size
+    size = f"{height}x{width}"
 
     t0 = time.perf_counter()
     traced = step.trace(state, batch)  # traced once: compiled below and its FLOPs counted

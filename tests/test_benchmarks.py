@@ -84,3 +84,31 @@ def test_pipeline_recipes_build_valid_configs(tmp_path):
         assert len(config.data.mean) == len(config.data.std) == channels
         assert tuple(context) == ((92, 92) if name == "isbi" else (0, 0))  # valid U-Net: 92 px
 
+
+def test_profile_reads_ops_from_a_trace_and_names_their_layers(tmp_path):
+    from benchmarks import xla_profile
+
+    def f(x, w):
+        return jax.nn.relu(x @ w).sum()
+
+    step = jax.jit(jax.grad(f, argnums=1))
+    x, w = jnp.ones((64, 32)), jnp.ones((32, 16))
+    compiled = step.lower(x, w).compile()
+    compiled(x, w).block_until_ready()
+    with jax.profiler.trace(str(tmp_path)):
+        compiled(x, w).block_until_ready()
+    (path,) = tmp_path.glob("**/*.xplane.pb")
+    times = xla_profile.device_op_times(str(path))
+    instructions = xla_profile.hlo_instructions(compiled.as_text())
+    assert times and all(ns >= 0 for ns in times.values())
+    assert set(times) <= set(instructions)  # every executed op is an instruction of the step
+    ops = {instructions[name]["op_name"] for name in times}
+    assert any(op.endswith("dot_general") for op in ops)
+    assert (
+        xla_profile.layer_of(
+            "jit(train_step)/transpose(jvp(FCN))/backbone/conv1_1/conv_general_dilated"
+        )
+        == "backbone/conv1_1 (bwd)"
+    )
+    assert xla_profile.layer_of("jit(train_step)/jvp(UNet)/up1/conv1/add") == "up1/conv1"
+    assert xla_profile.layer_of("jit(train_step)/add") == "add"
