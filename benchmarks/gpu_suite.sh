@@ -14,7 +14,9 @@
 #     MODELS_UNET=unet_paper MODELS_FCN=none bash benchmarks/gpu_suite.sh
 # (unet_default would time JAX alone: the torch peer has no Dice loss.)
 #
-# Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL).
+# Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL). On a machine
+# that has jax and torch but no index: SKIP_INSTALL=1 PYTHON=python3, with jaxseg's other
+# dependencies (tensorflow-datasets, grain, array-record, ml-collections, ...) on PYTHONPATH.
 # Writes one JSON line per measurement to $OUT and prints the Markdown table at the end. Target
 # (issue 16): the paper U-Net at 512 px reaches >= 50% of the bf16 matmul peak.
 set -euo pipefail

@@ -255,3 +255,14 @@ def test_bf16_matmul_products_are_f32_accumulated():
     assert da.dtype == db.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(da, np.float32), 3.0)
     np.testing.assert_array_equal(np.asarray(db, np.float32), 2.0)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])  # XLA's VALID conv; the im2col matmul
+def test_wide_padding_conv_equals_padded_conv(platform, monkeypatch):
+    # FCN's conv1_1 pads 100 px; 6 px around a 5 x 7 map is as much wider than the 3x3 kernel.
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    x = _rand((2, 5, 7, 3))
+    fast = layers.WidePaddingConv(4, (3, 3), 6)
+    ref = nn.Conv(4, (3, 3), padding=((6, 6), (6, 6)))
+    y = _modules_equal(fast, ref, x, atol=1e-5, grad_atol=1e-4, rtol=1e-5)
+    assert y.shape == (2, 15, 17, 4)

@@ -184,6 +184,43 @@ class PatchMatmulConv(nn.Module):
         return y if bias is None else y + bias
 
 
+class WidePaddingConv(nn.Module):
+    """A stride-1 conv whose zero padding is wider than its kernel: FCN's conv1_1 (100 pixels).
+
+    XLA computes the kernel gradient of `nn.Conv(padding=100)` as a convolution whose window is
+    the whole image: on CPUs 10x slower than the same sums over the explicitly padded input, and
+    on an H200 cuDNN runs it as a 512 x 512 "filter" over 8 channels, 55 of FCN-8s' 75 ms train
+    step (benchmarks/bench_first_conv.py; BENCHMARKS.md). Here the zeros are padded in first and
+    the conv is VALID: on the CPU as XLA's convolution; on accelerators, whose compilers fold a
+    pad back into the convolution, as one matmul over im2col patches (27 values per pixel for
+    an RGB 3x3 conv), whose kernel gradient is a plain matrix product. Parameters are
+    `nn.Conv(features, kernel_size, padding=padding)`'s.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    padding: int
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [N, H, W, C_in] -> [N, H + 2 * padding - kh + 1, W + ..., features]."""
+        kernel_size = tuple(self.kernel_size)
+        x, kernel, bias = _conv_params(self, x, kernel_size)
+        p = self.padding
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        if jax.default_backend() == "cpu":
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        else:
+            y = matmul(im2col(x, kernel_size), kernel.reshape(-1, self.features))
+        return y if bias is None else y + bias
+
+
 Padding = str | tuple[tuple[int, int], tuple[int, int]]
 
 
