@@ -4,7 +4,8 @@ orbax, tensorflow-datasets and jax log through absl at INFO (checkpoint-manager 
 "Closing _NonBlockingMetadataStore(...)" at every save, ~130 lines in a default run) between
 jaxseg's lines, burying the few a user needs (devices, resume, first step, where the report is).
 `route_library_logs` keeps on the console the INFO lines logged from jaxseg's package and the
-entry-point script, and every WARNING or worse from anyone; with a `log_file`, everything at INFO
+entry-point script, and every WARNING or worse from anyone but a few of orbax's that describe
+jaxseg's intended use (BENIGN_LIBRARY_WARNINGS); with a `log_file`, everything at INFO
 and above, the libraries' lines included, is also written there (train.py: <workdir>/train.log),
 so nothing is lost for debugging.
 """
@@ -26,11 +27,24 @@ def _is_ours(pathname: str) -> bool:
     return path.startswith(_PACKAGE_DIR + os.sep) or path == main
 
 
+# orbax WARNINGs that describe jaxseg's intended use of it, not a problem: they go to the log file
+# only. A newcomer's first run ended with "Given directory is read only=.../checkpoints".
+BENIGN_LIBRARY_WARNINGS = (
+    "Given directory is read only",  # evaluation opens the checkpoints read-only on purpose
+    "Requested `tracked_metric`; did not provide metrics",  # saves between evals carry no mIoU
+)
+
+
 class _OwnInfoOnly(logging.Filter):
-    """Passes WARNING+ from anyone, INFO and below only from jaxseg and the entry point."""
+    """Passes WARNING+ from anyone (but BENIGN_LIBRARY_WARNINGS), INFO and below only from
+    jaxseg and the entry point."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or _is_ours(record.pathname)
+        if _is_ours(record.pathname):
+            return True
+        if record.levelno == logging.WARNING:
+            return not record.getMessage().startswith(BENIGN_LIBRARY_WARNINGS)
+        return record.levelno > logging.WARNING
 
 
 def route_library_logs(log_file: str | os.PathLike | None = None) -> None:

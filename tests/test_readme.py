@@ -191,6 +191,7 @@ def test_console_keeps_jaxseg_lines_and_sends_library_chatter_to_train_log(train
         sources = _absl_info_sources(output)
         assert sources and sources <= ours, sources - ours
         assert "Closing _NonBlockingMetadataStore" not in output
+        assert "Given directory is read only" not in output  # orbax's, on evaluation's read
         # jaxseg's own lines only (config, devices, resume, first step, evals, the report): the
         # first command printed 126 library INFO lines before the progress bar.
         assert len(re.findall(r"^I\d{4} ", output, flags=re.M)) < 20, output
@@ -199,6 +200,7 @@ def test_console_keeps_jaxseg_lines_and_sends_library_chatter_to_train_log(train
     # Nothing is lost: the libraries' lines (orbax's checkpoint manager) are in the log file.
     log = (workdir / "train.log").read_text()
     assert "orbax" in log.lower()
+    assert "Given directory is read only" in log  # kept off the console, not lost
     assert "Resumed from step" in log  # jaxseg's own lines are there too
 
 
