@@ -234,6 +234,18 @@ def test_upconv_and_patch_matmul_conv_in_bf16(dtype):
     )
 
 
+def test_conv_factory_sends_wide_paddings_to_wide_padding_conv(monkeypatch):
+    for platform in ("cpu", "gpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda platform=platform: platform)
+        wide = layers.conv(64, (3, 3), padding=((100, 100), (100, 100)), dtype=jnp.bfloat16)
+        assert type(wide) is layers.WidePaddingConv and wide.padding == 100
+        assert wide.dtype == jnp.bfloat16
+        assert type(layers.conv(64, (3, 3), padding=3)) is layers.WidePaddingConv
+        for narrow in (((1, 1), (1, 1)), ((2, 2), (2, 2)), ((100, 100), (1, 1)), "SAME"):
+            made = layers.conv(64, (3, 3), padding=narrow)
+            assert type(made) is not layers.WidePaddingConv, narrow
+
+
 def test_conv_factory_keeps_native_convs_off_cpu(monkeypatch):
     kwargs = dict(padding="SAME", use_bias=False, kernel_init=nn.initializers.he_normal())
     assert isinstance(layers.conv(8, (3, 3), **kwargs), layers.ShiftedMatmulConv)

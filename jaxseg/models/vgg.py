@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.layers import PatchMatmulConv, WidePaddingConv, conv, max_pool_2x2
+from jaxseg.models.layers import PatchMatmulConv, conv, max_pool_2x2
 
 # (number of convs, channels) per block, VGG16's configuration "D".
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -50,15 +50,13 @@ class VGG16(nn.Module):
         for block, (num_convs, channels) in enumerate(VGG16_BLOCKS, start=1):
             for i in range(1, num_convs + 1):
                 pad = self.first_conv_padding if (block, i) == (1, 1) else 1
-                name = f"conv{block}_{i}"
-                if pad > 1:  # the reference's 100 px: see WidePaddingConv for why not nn.Conv
-                    layer = WidePaddingConv(channels, (3, 3), pad, dtype=self.dtype, name=name)
-                else:
-                    layer = conv(
-                        channels, (3, 3), padding=((pad, pad), (pad, pad)), dtype=self.dtype,
-                        name=name,
-                    )  # fmt: skip
-                x = layer(x)
+                x = conv(  # the reference's 100 px: layers.WidePaddingConv, via conv
+                    channels,
+                    (3, 3),
+                    padding=((pad, pad), (pad, pad)),
+                    dtype=self.dtype,
+                    name=f"conv{block}_{i}",
+                )(x)
                 x = nn.relu(x)
             x = max_pool_2x2(x, ceil_mode=self.ceil_mode)
             features[f"pool{block}"] = x
