@@ -101,8 +101,6 @@ def test_flags_we_added_are_hidden_from_tensorflow_and_restored(env):
     assert os.environ["XLA_FLAGS"] == full
 
 
-
-
 _PROBE = """
 import ctypes, resource, sys
 from jaxseg import backend
