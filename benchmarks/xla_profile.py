@@ -47,12 +47,8 @@ def layer_of(op_name: str) -> str:
     if parts and parts[0].startswith(("jit(", "pjit(")):
         parts = parts[1:]
     backward = any(p.startswith("transpose(") for p in parts)
-    # Module scopes are the plain names after the model's own `jvp(Model)` / `Model` entry.
-    modules = []
-    for p in parts[:-1]:
-        if "(" in p:
-            continue
-        modules.append(p)
+    # Module scopes are the plain names; transforms and the model's entry carry parentheses.
+    modules = [p for p in parts[:-1] if "(" not in p]
     if not modules:
         return (parts[-1] if parts else "?") + (" (bwd)" if backward else "")
     return "/".join(modules) + (" (bwd)" if backward else "")

@@ -332,16 +332,12 @@ class ShiftedMatmulConv(nn.Module):
         return y if bias is None else y + bias
 
 
-def _uniform_padding(padding) -> int | None:
-    """p for an explicit padding of p on every side (an int or ((p, p), (p, p))), else None."""
-    if isinstance(padding, int):
-        return padding
-    if isinstance(padding, (tuple, list)) and all(
-        isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in padding
-    ):
-        sides = {int(side) for pair in padding for side in pair}
-        return sides.pop() if len(sides) == 1 else None
-    return None
+def _uniform_padding(padding, kernel_size: tuple[int, int]) -> int | None:
+    """p for a zero padding of p on every side (an int or pairs), else None (names: none)."""
+    if isinstance(padding, str):
+        return None
+    sides = {side for pair in _explicit_padding(padding, kernel_size) for side in pair}
+    return sides.pop() if len(sides) == 1 else None
 
 
 def conv(features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Module:
@@ -350,7 +346,7 @@ def conv(features: int, kernel_size: tuple[int, int], **kwargs) -> nn.Module:
     parameters, same outputs) on CPU, where bf16 convs are faster as bf16 matmuls. A zero padding
     at least as wide as the kernel on every side (FCN's conv1_1: 100) takes `WidePaddingConv`
     on every backend."""
-    pad = _uniform_padding(kwargs.get("padding"))
+    pad = _uniform_padding(kwargs.get("padding", "SAME"), tuple(kernel_size))
     if pad is not None and pad >= max(kernel_size):
         kwargs = {k: v for k, v in kwargs.items() if k != "padding"}
         return WidePaddingConv(features, tuple(kernel_size), pad, **kwargs)
