@@ -188,7 +188,7 @@ class WidePaddingConv(nn.Module):
     """A stride-1 conv whose zero padding is wider than its kernel: FCN's conv1_1 (100 pixels).
 
     XLA computes the kernel gradient of `nn.Conv(padding=100)` as a convolution whose window is
-    the whole image: on CPUs 10x slower than the same sums over the explicitly padded input, and
+    the whole image: on an AVX-512 CPU 13-34x slower than the same sums over the padded input, and
     on an H200 cuDNN runs it as a 512 x 512 "filter" over 8 channels, 55 of FCN-8s' 75 ms train
     step (benchmarks/bench_first_conv.py; BENCHMARKS.md). Here the zeros are padded in first and
     the conv is VALID: on the CPU as XLA's convolution; on accelerators, whose compilers fold a
