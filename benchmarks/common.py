@@ -62,6 +62,23 @@ def time_repeats(step: Callable[[], object], repeats: int) -> dict[str, float]:
     }
 
 
+def interleaved_summary(times: dict[str, list[float]]) -> list[dict]:
+    """Programs timed in turn, round by round ({name: seconds per step, one per round}): per
+    program (in order) the median and min, and its speed relative to the first program as the
+    median over rounds of (first's time / its time) in the same round, which a VM's drift
+    between rounds does not move."""
+    first = next(iter(times.values()))
+    return [
+        {
+            "variant": name,
+            "step_s": statistics.median(t),
+            "min_s": min(t),
+            "vs_first": statistics.median(a / b for a, b in zip(first, t)),
+        }
+        for name, t in times.items()
+    ]
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -35,6 +35,18 @@ def test_time_repeats_calls_first_warmup_and_repeats():
     assert stats["step_s_min"] <= stats["step_s_median"] <= stats["step_s_max"]
 
 
+def test_interleaved_summary_ratios_are_per_round_against_the_first_program():
+    # Round 2 is slow for everyone (a loaded VM): per-round ratios keep the variant at 2x,
+    # where a ratio of the medians would not.
+    times = {"(as given)": [0.2, 0.6, 0.2], "model.depth=3": [0.1, 0.3, 0.1], "b": [0.4, 0.4, 0.4]}
+    rows = common.interleaved_summary(times)
+    assert [r["variant"] for r in rows] == list(times)
+    assert rows[0]["vs_first"] == pytest.approx(1.0)
+    assert rows[1]["vs_first"] == pytest.approx(2.0)
+    assert rows[1]["step_s"] == pytest.approx(0.1) and rows[1]["min_s"] == pytest.approx(0.1)
+    assert rows[2]["vs_first"] == pytest.approx(0.5)  # ratios 0.5, 1.5, 0.5
+
+
 def test_side_by_side_table_ratios_and_shared_peak():
     base = dict(model="unet_paper", batch=4, dtype="float32", step_s_min=1.0, step_s_max=1.2)
     jax_row = dict(
