@@ -1,0 +1,42 @@
+r"""The README default's time budget: its recipe against cheaper models given more steps, x seeds.
+
+  python sweep.py --sweep configs/sweeps/default_budget.py --workdir runs/default_budget
+
+configs/default.py trains 1400 steps of its padded U-Net (width 16, depth 4, 96 px crops) in
+about 6 minutes on a 2-core CPU. Each variant here spends about the same CPU time differently:
+a narrower U-Net (1.33x faster steps) or a shallower one (1.16x) trained for more steps, smaller
+crops (1.40x) for more steps, or bilinear up-sampling (its decoder trains faster in short runs,
+RESULTS.md's U-Net ablation) at the same length. The step-time ratios are XLA:CPU's on an
+AVX-512 host (jax 0.12); "width12" and "depth3" at 1400 steps show what the extra steps buy.
+Each run is a full README-sized run (5-12 minutes on 2 cores); three seeds, since the default's
+own mIoU moves by about 0.02 between seeds. Results: RESULTS.md, section "The default recipe's
+budget".
+"""
+
+from jaxseg.sweeps import Sweep
+
+
+def _steps(n: int) -> dict:
+    """A run of n steps that evaluates once, at its end (as configs/default.py does)."""
+    return {"total_steps": n, "eval_every_steps": n}
+
+
+def get_sweep():
+    return Sweep(
+        base="configs/default.py",
+        description=(
+            "configs/default.py's 1400 steps against cheaper U-Nets (narrower, shallower, "
+            "smaller crops) given the steps their speed buys, and bilinear up-sampling."
+        ),
+        common={},
+        variants={
+            "default": {},
+            "bilinear": {"model.upsampling": "bilinear"},
+            "width12": {"model.base_width": 12},
+            "width12_1800": {"model.base_width": 12, **_steps(1800)},
+            "depth3": {"model.depth": 3},
+            "depth3_1600": {"model.depth": 3, **_steps(1600)},
+            "crop80_1800": {"data.crop_size": (80, 80), **_steps(1800)},
+        },
+        seeds=(0, 1, 2),
+    )
