@@ -36,8 +36,7 @@ def test_time_repeats_calls_first_warmup_and_repeats():
 
 
 def test_interleaved_summary_ratios_are_per_round_against_the_first_program():
-    # Round 2 is slow for everyone (a loaded VM): per-round ratios keep the variant at 2x,
-    # where a ratio of the medians would not.
+    # Round 2 is slow for everyone (a loaded VM); each ratio is taken within its round.
     times = {"(as given)": [0.2, 0.6, 0.2], "model.depth=3": [0.1, 0.3, 0.1], "b": [0.4, 0.4, 0.4]}
     rows = common.interleaved_summary(times)
     assert [r["variant"] for r in rows] == list(times)

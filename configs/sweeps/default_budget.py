@@ -4,13 +4,13 @@ r"""The README default's time budget: its recipe against cheaper models given mo
 
 configs/default.py trains 1400 steps of its padded U-Net (width 16, depth 4, 96 px crops) in
 about 6 minutes on a 2-core CPU. Each variant here spends about the same CPU time differently:
-a narrower U-Net (1.33x faster steps) or a shallower one (1.16x) trained for more steps, smaller
-crops (1.40x) for more steps, or bilinear up-sampling (its decoder trains faster in short runs,
+a narrower U-Net (1.29x faster steps) or a shallower one (1.15x) trained for more steps, smaller
+crops (1.37x) for more steps, or bilinear up-sampling (its decoder trains faster in short runs,
 RESULTS.md's U-Net ablation) at the same length. The step-time ratios are XLA:CPU's on an
-AVX-512 host (jax 0.12); "width12" and "depth3" at 1400 steps show what the extra steps buy.
-Each run is a full README-sized run (5-12 minutes on 2 cores); three seeds, since the default's
-own mIoU moves by about 0.02 between seeds. Results: RESULTS.md, section "The default recipe's
-budget".
+AVX-512 host (jax 0.12, benchmarks/ab_overrides.py); "width12" and "depth3" at 1400 steps show
+what the extra steps buy. Each run is a full README-sized run (about 5-7 minutes on 2 cores);
+three seeds, since the default's own mIoU moves by about 0.02 between seeds. Results:
+RESULTS.md, section "The default recipe's budget".
 """
 
 from jaxseg.sweeps import Sweep
