@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # GPU readiness check: on a machine with an NVIDIA driver and nothing else, install jaxseg from
 # this checkout and print the side-by-side table (JAX vs PyTorch eager, channels_last, bf16
-# autocast) for the paper U-Net and FCN-8s at 512 px, with each run's share ("MFU") of the GPU's
-# bf16 matmul peak as measured in the same run. Budget: under 10 minutes on one GPU.
+# autocast) for the paper U-Net and FCN-8s at 512 px in bf16 and f32, and the paper's valid U-Net
+# at 572 px in bf16, with each run's share ("MFU") of the GPU's matmul peak for that dtype as
+# measured in the same run. Budget: under 10 minutes on one GPU (5.5 on an H200).
 #
 #   bash benchmarks/gpu_suite.sh                  # from the repository root or anywhere
 #
 # Environment knobs (defaults are the issue's table): VENV (.venv-gpu), SIZE (512), UNET_BATCH (8),
-# FCN_BATCH (8), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
+# FCN_BATCH (8), DTYPES ("bfloat16 float32"), MODELS_VALID (unet_paper_valid; none to skip),
+# VALID_SIZE (572), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
 # (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU; a python with
 # jaxseg's dependencies and torch):
 #   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
-#     MODELS_UNET=unet_paper MODELS_FCN=none bash benchmarks/gpu_suite.sh
+#     DTYPES=bfloat16 MODELS_UNET=unet_paper MODELS_FCN=none MODELS_VALID=none bash benchmarks/gpu_suite.sh
 # (unet_default would time JAX alone: the torch peer has no Dice loss.)
 #
 # Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL). On a machine
@@ -32,6 +34,9 @@ RUN_TIMEOUT="${RUN_TIMEOUT:-240}"
 OUT="${OUT:-runs/gpu_suite.jsonl}"
 MODELS_UNET="${MODELS_UNET:-unet_paper}"
 MODELS_FCN="${MODELS_FCN:-fcn8s}"
+MODELS_VALID="${MODELS_VALID:-unet_paper_valid}"
+VALID_SIZE="${VALID_SIZE:-572}"
+DTYPES="${DTYPES:-bfloat16 float32}"
 start=$(date +%s)
 say() { echo "[gpu_suite +$(($(date +%s) - start))s] $*"; }
 
@@ -75,15 +80,20 @@ EOF
 
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
-run_table() {  # model, batch
+run_table() {  # model, size, batch, dtype
   [[ "$1" == none ]] && return 0
-  say "side by side: $1 ${SIZE}px batch $2 bf16"
-  "$PYTHON" -m benchmarks.side_by_side --models "$1" --sizes "$SIZE" --batch "$2" \
-    --dtypes bfloat16 --torch-modes eager --repeats "$REPEATS" --timeout "$RUN_TIMEOUT" \
+  say "side by side: $1 ${2}px batch $3 $4"
+  "$PYTHON" -m benchmarks.side_by_side --models "$1" --sizes "$2" --batch "$3" \
+    --dtypes "$4" --torch-modes eager --repeats "$REPEATS" --timeout "$RUN_TIMEOUT" \
     --out "$OUT"
 }
-run_table "$MODELS_UNET" "$UNET_BATCH"
-run_table "$MODELS_FCN" "$FCN_BATCH"
+# DTYPES in order (bf16 first: the rows a GPU user trains with come back even if a later run is
+# cut short); the valid U-Net, the paper's own network, in bf16 only.
+for dtype in $DTYPES; do
+  run_table "$MODELS_UNET" "$SIZE" "$UNET_BATCH" "$dtype"
+  run_table "$MODELS_FCN" "$SIZE" "$FCN_BATCH" "$dtype"
+  if [[ "$dtype" == bfloat16 ]]; then run_table "$MODELS_VALID" "$VALID_SIZE" "$UNET_BATCH" "$dtype"; fi
+done
 
 say "table of $OUT"
 "$PYTHON" -m benchmarks.side_by_side --table "$OUT"
