@@ -3,10 +3,10 @@ r"""The README's first command: the synthetic-scenes recipe, a padded U-Net, off
   python train.py --config configs/default.py --workdir runs/default
 
 Builds the data set (3000 + 300 images) and trains a depth-3 U-Net for 1600 steps of batch 8 in
-about 6 minutes on a 2-core CPU; the result it should reach is a validation mean IoU of about
-0.76 over the 6 classes (background, person, purse, plants, sidewalk, building), every class
-above 0.5 IoU. Measured wall time and metrics, command and host: BENCHMARKS.md, section "Default
-config: wall time and result" (how each choice below was made: the table after it).
+5-5.5 minutes on a 2-core AVX-512 CPU; the result it should reach is a validation mean IoU of
+about 0.76 over the 6 classes (background, person, purse, plants, sidewalk, building), every
+class above 0.5 IoU. Measured wall time and metrics, command and host: BENCHMARKS.md, sections
+"Default config ...: wall time and result" (how each choice below was made: the tables there).
 
 The recipe, on top of configs/base.py: a U-Net one level shallower than base's, whose cheaper
 steps buy more of them in the same time, small batches for more updates in the budget, the purse
@@ -22,7 +22,7 @@ from configs import base
 def get_config():
     config = base.get_config()
     # Batch 8 for twice the updates of batch 16 at the same images/s on a CPU, and a higher
-    # val mIoU (BENCHMARKS.md, section "Default config: wall time and result").
+    # val mIoU (BENCHMARKS.md, sections "Default config ...: wall time and result").
     config.batch_size = 8
     # Depth 3 (bottom level 12 x 12 at 96 px crops; 0.48 M parameters against depth 4's 1.94 M)
     # runs 1.15-1.21x faster per step, and 1600 of its steps, in at most depth 4's 1400-step
