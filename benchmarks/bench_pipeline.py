@@ -35,8 +35,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from benchmarks import common
-from configs import default, fcn8s_voc, unet_isbi
+from benchmarks import common, presets
 from jaxseg.data import augment, loading
 from jaxseg.models import build_model, input_context
 
@@ -50,42 +49,67 @@ def _smooth(rng, height, width, channels):
 
 
 def _write_folder(root, count, size, channels, classes, image_ext):
+    """`count` images and masks under root/images and root/masks, and a val.txt naming the last
+    sixth of the stems (at least one), as a user's folder has them."""
     rng = np.random.default_rng(0)
     os.makedirs(os.path.join(root, "images"))
     os.makedirs(os.path.join(root, "masks"))
     height, width = size
-    for i in range(count):
+    stems = [f"{i:04d}" for i in range(count)]
+    for stem in stems:
         image = _smooth(rng, height, width, channels)
         image = image[..., 0] if channels == 1 else image
-        Image.fromarray(image).save(os.path.join(root, "images", f"{i:04d}.{image_ext}"))
+        Image.fromarray(image).save(os.path.join(root, "images", f"{stem}.{image_ext}"))
         mask = np.kron(
             rng.integers(0, classes, (height // 16 + 1, width // 16 + 1)), np.ones((16, 16))
         )
         mask = mask[:height, :width].astype(np.uint8)
         if classes == 2:
             mask = mask * 255  # 0/255 binary masks, as ISBI ships them
-        Image.fromarray(mask).save(os.path.join(root, "masks", f"{i:04d}.png"))
+        Image.fromarray(mask).save(os.path.join(root, "masks", f"{stem}.png"))
+    with open(os.path.join(root, "val.txt"), "w") as f:
+        f.write("\n".join(stems[-max(1, count // 6) :]) + "\n")
+
+
+RECIPES = {
+    "isbi": "configs/unet_isbi.py",
+    "voc": "configs/fcn8s_voc.py",
+    "default": "configs/default.py",
+}
+
+
+def write_recipe(name: str, tmp: str, count: int) -> tuple[str, list[str]]:
+    """(config file, "key=value" overrides) of recipe `name`, its data set written under `tmp`.
+
+    The overrides are what a user adds on the command line (`--config.<key>=<value>`) to train
+    the recipe on their own folder; `presets.load` applies them in-process.
+    """
+    root = os.path.join(tmp, name)
+    overrides = [f"data.data_dir={os.path.join(tmp, 'tfds')}"]
+    if name == "isbi":
+        _write_folder(root, count, (512, 512), 1, 2, "png")
+        overrides += [f"data.folder.root={root}"]  # the recipe's own val.txt
+    elif name == "voc":
+        _write_folder(root, count, (375, 500), 3, 21, "jpg")
+        names = tuple(f"class{i}" for i in range(21))
+        overrides += [
+            "data.name=image_folder",
+            f"data.folder.root={root}",
+            f"data.folder.class_names={names!r}",
+            "data.folder.val_list=val.txt",
+            "data.eval_split=validation",  # the folder's split names, not VOC's seg11valid
+            "data.folder.channels=3",  # the recipe's own RGB mean/std (VGG's) stay
+            "init_from=",  # trained from scratch: no FCN-16s run to start from
+        ]
+    elif name != "default":
+        raise ValueError(f"unknown recipe {name!r}: one of {sorted(RECIPES)}")
+    return RECIPES[name], overrides
 
 
 def _recipe(name, tmp, count):
-    """(config, context) of a recipe, its data written under `tmp`."""
-    root = os.path.join(tmp, name)
-    if name == "isbi":
-        config = unet_isbi.get_config()
-        _write_folder(root, count, (512, 512), 1, 2, "png")
-        config.data.folder.root = root
-        config.data.folder.val_list = None
-    elif name == "voc":
-        config = fcn8s_voc.get_config()
-        _write_folder(root, count, (375, 500), 3, 21, "jpg")
-        d = config.data
-        d.name = "image_folder"
-        d.folder.root = root
-        d.folder.class_names = tuple(f"class{i}" for i in range(21))
-        d.folder.channels = 3  # the recipe's own RGB mean/std (VGG's) stay
-    else:
-        config = default.get_config()
-    config.data.data_dir = os.path.join(tmp, "tfds")
+    """(config, context) of a recipe, its data written under `tmp`; evaluated on its train split."""
+    path, overrides = write_recipe(name, tmp, count)
+    config = presets.load(path, overrides)
     config.data.eval_split = config.data.train_split
     model = build_model(config.model)
     return config, input_context(model, tuple(config.data.crop_size))

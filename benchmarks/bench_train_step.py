@@ -74,6 +74,8 @@ def build_step(args: argparse.Namespace):
         "image": rng.normal(size=(*shape, args.channels)).astype(np.float32),
         "label": rng.integers(0, config.model.num_classes, shape).astype(np.int32),
     }
+    if config.data.weight_map:  # the eq. 2 pixel weights the recipe's loss multiplies by
+        batch["weight"] = rng.uniform(1.0, 10.0, shape).astype(np.float32)
     batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     return config, model, step, state, batch
 

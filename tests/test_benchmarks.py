@@ -1,5 +1,7 @@
 """Benchmark tooling (no time is asserted): presets, the timing harness, the side-by-side table."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -94,6 +96,52 @@ def test_pipeline_recipes_build_valid_configs(tmp_path):
         config, context = bench_pipeline._recipe(name, str(tmp_path), 2)
         assert len(config.data.mean) == len(config.data.std) == channels
         assert tuple(context) == ((92, 92) if name == "isbi" else (0, 0))  # valid U-Net: 92 px
+
+
+@pytest.mark.parametrize("name", ["isbi", "voc"])
+def test_train_loop_command_gives_train_py_the_recipe_config(tmp_path, name):
+    # bench_train_loop runs train.py with the recipe's overrides as --config flags, and the step
+    # alone with them as presets overrides: both must give the same config (tuples included).
+    from absl import flags
+    from ml_collections import config_flags
+
+    from benchmarks import bench_pipeline, bench_train_loop
+
+    path, overrides = bench_pipeline.write_recipe(name, str(tmp_path), 6)
+    cmd = bench_train_loop.train_command(path, str(tmp_path / "run"), overrides, 40, 10)
+    assert cmd[1:5] == ["train.py", "--config", path, "--workdir"]
+    argv = cmd[1:]  # as train.py's absl app sees them
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
+    flag_values(argv)
+    from_cli = flag_values.config
+    expected = presets.load(path, overrides)
+    expected.total_steps, expected.log_every_steps = 40, 10
+    expected.eval_every_steps = expected.checkpoint_every_steps = 40
+    assert from_cli.to_dict() == expected.to_dict()
+    assert from_cli.data.folder.root == str(tmp_path / name)
+    assert (from_cli.data.train_split, from_cli.data.eval_split) == ("train", "validation")
+    if name == "voc":
+        assert len(from_cli.data.folder.class_names) == 21 and from_cli.init_from == ""
+    stems = (tmp_path / name / "val.txt").read_text().split()
+    assert stems == ["0005"]  # the last sixth of 6 images: the validation split
+
+
+def test_train_loop_rates_skip_the_first_window_and_evaluations(tmp_path):
+    from benchmarks import bench_train_loop
+
+    lines = [
+        {"step": 10, "split": "train", "loss": 1.0, "images_per_sec": 3.0},  # warm-up window
+        {"step": 20, "split": "train", "loss": 0.9, "images_per_sec": 8.0},
+        {"step": 20, "split": "eval", "mean_iou": 0.5},
+        {"step": 30, "split": "train", "loss": 0.8, "images_per_sec": 9.0},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert bench_train_loop.logged_rates(str(path)) == [8.0, 9.0]
 
 
 def test_profile_reads_ops_from_a_trace_and_names_their_layers(tmp_path):
