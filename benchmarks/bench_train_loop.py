@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import bench_pipeline, common
+from benchmarks import bench_pipeline, common, side_by_side
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,12 +66,11 @@ def logged_rates(metrics_jsonl: str) -> list[float]:
     return rates[1:]
 
 
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: float) -> None:
     print("$", shlex.join(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def measure(name: str, tmp: str, args: argparse.Namespace) -> dict:
@@ -96,11 +95,9 @@ def measure(name: str, tmp: str, args: argparse.Namespace) -> dict:
         "--batch", "0", "--channels", str(channels), "--repeats", str(args.repeats), "--no-peak",
         *(f"--override={o}" for o in overrides),
     ]  # fmt: skip
-    proc = _run(step_cmd, args.timeout)
-    step = [
-        json.loads(x[len("RESULT ") :]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")
-    ]
-    step = step[-1]
+    step = side_by_side.run(step_cmd, args.timeout)  # its RESULT record
+    if step is None:
+        raise SystemExit(f"{name}: the step alone failed (above)")
     loop = statistics.median(rates)
     return {
         "recipe": name,

@@ -7,14 +7,25 @@
 #
 #   bash benchmarks/gpu_suite.sh                  # from the repository root or anywhere
 #
+# PARTS picks what runs: "table" (default; the side-by-side above) and/or "loop": the training
+# loop as users run it (train.py on folders written like the ISBI and VOC data, LOOP_WORKERS
+# loader processes, one evaluation and checkpoint at the end) against its train step alone, for
+# each batch of LOOP_BATCHES (`benchmarks/bench_train_loop.py`: is the GPU fed?). About 6 minutes
+# on an H200, so run it as its own call: PARTS=loop bash benchmarks/gpu_suite.sh.
+#
 # Environment knobs (defaults are the issue's table): VENV (.venv-gpu), SIZE (512), UNET_BATCH (8),
 # FCN_BATCH (8), DTYPES ("bfloat16 float32"), MODELS_VALID (unet_paper_valid; none to skip),
 # VALID_SIZE (572), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
-# (runs/gpu_suite.jsonl). For a CPU dry run of the plumbing (no install, no GPU; a python with
+# (runs/gpu_suite.jsonl); for the loop: LOOP_RECIPES ("isbi voc"), LOOP_BATCHES ("1 8"),
+# LOOP_WORKERS (8), LOOP_TIMEOUT (seconds per batch size, 240), LOOP_EXTRA (more arguments of
+# bench_train_loop). For a CPU dry run of the plumbing (no install, no GPU; a python with
 # jaxseg's dependencies and torch):
 #   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
 #     DTYPES=bfloat16 MODELS_UNET=unet_paper MODELS_FCN=none MODELS_VALID=none bash benchmarks/gpu_suite.sh
-# (unet_default would time JAX alone: the torch peer has no Dice loss.)
+# (unet_default would time JAX alone: the torch peer has no Dice loss.) And of the loop part:
+#   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python PARTS=loop LOOP_RECIPES=isbi LOOP_BATCHES=1 \
+#     LOOP_EXTRA="--steps 3 --log-every 1 --repeats 1 --override model.base_width=4" \
+#     bash benchmarks/gpu_suite.sh
 #
 # Needs a package index for the install (PyPI, or a mirror through PIP_INDEX_URL). On a machine
 # that has jax and torch but no index: SKIP_INSTALL=1 PYTHON=python3, with jaxseg's other
@@ -37,6 +48,12 @@ MODELS_FCN="${MODELS_FCN:-fcn8s}"
 MODELS_VALID="${MODELS_VALID:-unet_paper_valid}"
 VALID_SIZE="${VALID_SIZE:-572}"
 DTYPES="${DTYPES:-bfloat16 float32}"
+PARTS="${PARTS:-table}"
+LOOP_RECIPES="${LOOP_RECIPES:-isbi voc}"
+LOOP_BATCHES="${LOOP_BATCHES:-1 8}"
+LOOP_WORKERS="${LOOP_WORKERS:-8}"
+LOOP_TIMEOUT="${LOOP_TIMEOUT:-240}"
+LOOP_EXTRA="${LOOP_EXTRA:-}"
 start=$(date +%s)
 say() { echo "[gpu_suite +$(($(date +%s) - start))s] $*"; }
 
@@ -55,21 +72,25 @@ if [[ -z "${SKIP_INSTALL:-}" ]]; then
 fi
 PYTHON="${PYTHON:-$VENV/bin/python}"
 
-say "checking both frameworks see the GPU"
-"$PYTHON" - <<'EOF'
+say "checking the frameworks see the GPU (PyTorch only for the table)"
+PARTS="$PARTS" "$PYTHON" - <<'EOF'
 import os
 
 import jax
-import torch
 
 allow_cpu = bool(os.environ.get("ALLOW_CPU"))
 print("jax", jax.__version__, jax.devices())
-print("torch", torch.__version__, "cuda", torch.cuda.is_available())
 if not allow_cpu:
     assert jax.default_backend() == "gpu", f"jax runs on {jax.default_backend()}, not the GPU"
-    assert torch.cuda.is_available(), "torch does not see the GPU (driver too old for its CUDA?)"
+if "table" in os.environ["PARTS"].split():
+    import torch
+
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+    if not allow_cpu:
+        assert torch.cuda.is_available(), "torch does not see the GPU (driver too old for its CUDA?)"
 EOF
 
+if [[ " $PARTS " == *" table "* ]]; then
 say "bf16 matmul peak (bf16 inputs, f32 accumulation; the table's MFU denominator)"
 "$PYTHON" - <<'EOF'
 from benchmarks import common  # stdin scripts import from the working directory: the root
@@ -97,4 +118,22 @@ done
 
 say "table of $OUT"
 "$PYTHON" -m benchmarks.side_by_side --table "$OUT"
+fi
+
+if [[ " $PARTS " == *" loop "* ]]; then
+  for batch in $LOOP_BATCHES; do
+    # Steps: 2000 at the recipes' batch 1 (a few ms each on an H200), 800 at larger batches;
+    # ten log windows, the first of which (warm-up) is left out.
+    steps=$(( batch == 1 ? 2000 : 800 ))
+    say "training loop against the step alone: $LOOP_RECIPES, batch $batch, $LOOP_WORKERS workers"
+    # SIGINT, not timeout's SIGTERM: on SIGINT the benchmark kills its train.py child before it
+    # exits; on SIGTERM it would die alone and leave train.py holding the device.
+    # shellcheck disable=SC2086
+    timeout -s INT "$LOOP_TIMEOUT" "$PYTHON" -m benchmarks.bench_train_loop \
+      --recipes $LOOP_RECIPES --batch "$batch" --workers "$LOOP_WORKERS" --steps "$steps" \
+      --log-every $(( steps / 10 )) --timeout "$LOOP_TIMEOUT" $LOOP_EXTRA \
+      || say "loop benchmark at batch $batch failed or timed out"
+  done
+fi
+
 say "done"
