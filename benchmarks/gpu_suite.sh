@@ -8,18 +8,19 @@
 #   bash benchmarks/gpu_suite.sh                  # from the repository root or anywhere
 #
 # PARTS picks what runs: "table" (default; the side-by-side above) and/or "loop": the training
-# loop as users run it (train.py on folders written like the ISBI and VOC data, LOOP_WORKERS
-# loader processes, one evaluation and checkpoint at the end) against its train step alone, for
-# each batch of LOOP_BATCHES (`benchmarks/bench_train_loop.py`: is the GPU fed?). About 6 minutes
-# on an H200, so run it as its own call: PARTS=loop bash benchmarks/gpu_suite.sh.
+# loop as users run it (train.py on folders written like the ISBI and VOC data, the config's
+# automatic loader workers unless LOOP_WORKERS is set, one evaluation and checkpoint at the
+# end) against its train step alone, for each batch of LOOP_BATCHES
+# (`benchmarks/bench_train_loop.py`: is the GPU fed?). About 6 minutes on an H200 (estimated,
+# not yet run on one), so run it as its own call: PARTS=loop bash benchmarks/gpu_suite.sh.
 #
 # Environment knobs (defaults are the issue's table): VENV (.venv-gpu), SIZE (512), UNET_BATCH (8),
 # FCN_BATCH (8), DTYPES ("bfloat16 float32"), MODELS_VALID (unet_paper_valid; none to skip),
 # VALID_SIZE (572), REPEATS (5), RUN_TIMEOUT (seconds per benchmark process, 240), OUT
 # (runs/gpu_suite.jsonl); for the loop: LOOP_RECIPES ("isbi voc"), LOOP_BATCHES ("1 8"),
-# LOOP_WORKERS (8), LOOP_TIMEOUT (seconds per batch size, 240), LOOP_EXTRA (more arguments of
-# bench_train_loop). For a CPU dry run of the plumbing (no install, no GPU; a python with
-# jaxseg's dependencies and torch):
+# LOOP_WORKERS (unset: the config's automatic count), LOOP_TIMEOUT (seconds per batch size,
+# 240), LOOP_EXTRA (more arguments of bench_train_loop). For a CPU dry run of the plumbing (no
+# install, no GPU; a python with jaxseg's dependencies and torch):
 #   SKIP_INSTALL=1 ALLOW_CPU=1 PYTHON=python SIZE=32 UNET_BATCH=1 FCN_BATCH=1 REPEATS=1 \
 #     DTYPES=bfloat16 MODELS_UNET=unet_paper MODELS_FCN=none MODELS_VALID=none bash benchmarks/gpu_suite.sh
 # (unet_default would time JAX alone: the torch peer has no Dice loss.) And of the loop part:
@@ -51,7 +52,7 @@ DTYPES="${DTYPES:-bfloat16 float32}"
 PARTS="${PARTS:-table}"
 LOOP_RECIPES="${LOOP_RECIPES:-isbi voc}"
 LOOP_BATCHES="${LOOP_BATCHES:-1 8}"
-LOOP_WORKERS="${LOOP_WORKERS:-8}"
+LOOP_WORKERS="${LOOP_WORKERS:-}"
 LOOP_TIMEOUT="${LOOP_TIMEOUT:-240}"
 LOOP_EXTRA="${LOOP_EXTRA:-}"
 start=$(date +%s)
@@ -87,7 +88,7 @@ if "table" in os.environ["PARTS"].split():
 
     print("torch", torch.__version__, "cuda", torch.cuda.is_available())
     if not allow_cpu:
-        assert torch.cuda.is_available(), "torch does not see the GPU (driver too old for its CUDA?)"
+        assert torch.cuda.is_available(), "torch does not see the GPU (too old a driver?)"
 EOF
 
 if [[ " $PARTS " == *" table "* ]]; then
@@ -125,13 +126,13 @@ if [[ " $PARTS " == *" loop "* ]]; then
     # Steps: 2000 at the recipes' batch 1 (a few ms each on an H200), 800 at larger batches;
     # ten log windows, the first of which (warm-up) is left out.
     steps=$(( batch == 1 ? 2000 : 800 ))
-    say "training loop against the step alone: $LOOP_RECIPES, batch $batch, $LOOP_WORKERS workers"
+    say "loop against the step alone: $LOOP_RECIPES, batch $batch, workers ${LOOP_WORKERS:-auto}"
     # SIGINT, not timeout's SIGTERM: on SIGINT the benchmark kills its train.py child before it
     # exits; on SIGTERM it would die alone and leave train.py holding the device.
     # shellcheck disable=SC2086
     timeout -s INT "$LOOP_TIMEOUT" "$PYTHON" -m benchmarks.bench_train_loop \
-      --recipes $LOOP_RECIPES --batch "$batch" --workers "$LOOP_WORKERS" --steps "$steps" \
-      --log-every $(( steps / 10 )) --timeout "$LOOP_TIMEOUT" $LOOP_EXTRA \
+      --recipes $LOOP_RECIPES --batch "$batch" ${LOOP_WORKERS:+--workers "$LOOP_WORKERS"} \
+      --steps "$steps" --log-every $(( steps / 10 )) --timeout "$LOOP_TIMEOUT" $LOOP_EXTRA \
       || say "loop benchmark at batch $batch failed or timed out"
   done
 fi

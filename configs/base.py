@@ -83,9 +83,11 @@ def data_config() -> ml_collections.ConfigDict:
     # Batches loaded, transferred and augmented ahead of the training step.
     data.prefetch_batches = 2
     # Loader worker processes (Grain) that read and decode examples; 0 = two threads of the
-    # training process (enough for the small default images on a 2-core CPU). Batches are the
-    # same for any value.
-    data.loader_workers = 0
+    # training process (enough for the small default images on a 2-core CPU). -1 = automatic:
+    # 0 where the model runs on the CPU (workers would take the step's cores), else 8 per local
+    # accelerator, at most the usable cores minus one (8 feed an H200 2-3x what the paper
+    # U-Net and FCN-8s steps consume: BENCHMARKS.md, "H200"). Batches are the same for any value.
+    data.loader_workers = -1
 
     # synthetic_scenes generation (a new combination builds a new copy in seconds).
     data.synthetic = ml_collections.ConfigDict()

@@ -140,11 +140,20 @@ def configure_before_jax() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def malloc_settings() -> tuple[tuple[int, int], ...]:
     """(mallopt parameter, value): arenas capped at this process's usable cores (2 measured),
     no mmap'd chunks, no trimming."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return ((_M_ARENA_MAX, max(2, cores or 2)), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return (
+        (_M_ARENA_MAX, max(2, usable_cores())),
+        (_M_MMAP_MAX, 0),
+        (_M_TRIM_THRESHOLD, 2**31 - 1),
+    )
 
 
 _USER_MALLOC_ENV = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD")

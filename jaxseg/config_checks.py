@@ -44,6 +44,11 @@ def validate_config(
                 f"devices the batch is split over ({jax.process_count()} process(es)); use "
                 f"e.g. {max(1, round(config[key] / devices)) * devices}"
             )
+    if config.data.loader_workers < -1:
+        raise ValueError(
+            f"config.data.loader_workers = {config.data.loader_workers}: must be >= 0 (worker "
+            "processes; 0 = threads of the training process) or -1 (automatic)"
+        )
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(
             f"config.batch_size = {config.batch_size} is not divisible by "

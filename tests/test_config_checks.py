@@ -55,6 +55,10 @@ def test_start_up_validation_names_the_key_and_the_device_count():
         config[key] = value
         with pytest.raises(ValueError, match=message):
             config_checks.validate_config(config, mesh, spec)
+    config = smoke.get_config()
+    config.data.loader_workers = -2  # -1 is automatic, 0 threads; nothing else below 0
+    with pytest.raises(ValueError, match=r"config\.data\.loader_workers = -2: must be >= 0"):
+        config_checks.validate_config(config, mesh, spec)
 
 
 def _set(config, key, value):

@@ -119,6 +119,28 @@ def test_one_and_two_loader_workers_give_identical_batches(cfg):
             np.testing.assert_array_equal(a[key], c[key])
 
 
+@pytest.mark.parametrize(
+    "platform, devices, cores, expected",
+    [
+        ("cpu", 8, 2, 0),  # XLA:CPU: workers would take the step's own cores
+        ("cpu", 1, 64, 0),
+        ("gpu", 1, 16, 8),  # one H200 and its 16 host cores: 8 workers
+        ("gpu", 8, 96, 64),  # 8 per local device
+        ("gpu", 8, 32, 31),  # at most the usable cores minus the training process's
+        ("tpu", 4, 1, 0),
+    ],
+)
+def test_automatic_loader_workers_follow_devices_and_cores(
+    monkeypatch, platform, devices, cores, expected
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: platform)
+    monkeypatch.setattr(jax, "local_device_count", lambda: devices)
+    monkeypatch.setattr(loading.backend, "usable_cores", lambda: cores)
+    assert loading.loader_workers(-1) == expected
+    assert [loading.loader_workers(n) for n in (0, 3)] == [0, 3]  # a given count is kept
+    assert data_config().loader_workers == -1  # the base config's default is automatic
+
+
 def test_each_epoch_is_a_fresh_permutation_of_the_split(cfg):
     stored = {lab.tobytes() for lab in _stored_labels(cfg, "train")}
     assert len(stored) == NUM_TRAIN

@@ -41,6 +41,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from jax.experimental import multihost_utils
 
+from jaxseg import backend
 from jaxseg.data import augment, datasets, precomputed, weight_maps
 from jaxseg.data.builders import image_folder
 from jaxseg.labels import IGNORE_ID
@@ -420,7 +421,7 @@ def host_batches(
       spec: `datasets.dataset_spec(data_cfg)` if the caller has it.
       process_index, process_count: this host and the host count; default from jax.
       workers: loader worker processes; default `config.data.loader_workers` (0 = threads of
-        this process).
+        this process, -1 = automatic: `loader_workers`).
 
     Returns:
       an iterator of the loaded host batches described in the module docstring.
@@ -462,7 +463,7 @@ def host_batches(
         .batch(local, drop_remainder=True)
         .to_iter_dataset(_read_options(data_cfg))
     )
-    workers = data_cfg.loader_workers if workers is None else workers
+    workers = loader_workers(data_cfg.loader_workers if workers is None else workers)
     if workers > 0:
         # Grain's workers read absl flags; outside an absl app (a notebook, pytest) they were
         # never parsed, and the defaults are what we want.
@@ -470,6 +471,29 @@ def host_batches(
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(dataset)
+
+
+WORKERS_PER_ACCELERATOR = 8  # each H200 fed 2-3x its paper-model step rate (BENCHMARKS.md)
+
+
+def loader_workers(configured: int) -> int:
+    """The loader worker processes of `config.data.loader_workers` = `configured`: itself, or
+    for -1 (automatic) none where the model runs on the CPU, else WORKERS_PER_ACCELERATOR per
+    local device, at most this process's usable cores minus one (the training loop's own)."""
+    if configured >= 0:
+        return configured
+    if jax.default_backend() == "cpu":
+        return 0
+    devices = jax.local_device_count()
+    workers = max(0, min(WORKERS_PER_ACCELERATOR * devices, backend.usable_cores() - 1))
+    logging.info(
+        "Loading with %d worker processes (config.data.loader_workers = -1: automatic, for %d "
+        "local %s device(s))",
+        workers,
+        devices,
+        jax.default_backend(),
+    )
+    return workers
 
 
 def make_train_iterator(
