@@ -34,9 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import bench_pipeline, common, side_by_side
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import bench_pipeline, common, presets, side_by_side
 
 
 def train_command(
@@ -68,7 +66,9 @@ def logged_rates(metrics_jsonl: str) -> list[float]:
 
 def _run(cmd: list[str], timeout: float) -> None:
     print("$", shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=side_by_side.ROOT
+    )
     if proc.returncode:
         raise SystemExit(f"exit {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
@@ -89,7 +89,7 @@ def measure(name: str, tmp: str, args: argparse.Namespace) -> dict:
     if not rates:
         raise SystemExit(f"{name}: fewer than two train logs; raise --steps over --log-every")
 
-    channels = 1 if name == "isbi" else 3
+    channels = len(presets.load(config_path, overrides).data.mean)  # one mean per channel
     step_cmd = [
         sys.executable, "-m", "benchmarks.bench_train_step", "--model", config_path, "--size", "0",
         "--batch", "0", "--channels", str(channels), "--repeats", str(args.repeats), "--no-peak",
