@@ -1,6 +1,7 @@
 """Benchmark tooling (no time is asserted): presets, the timing harness, the side-by-side table."""
 
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -171,3 +172,61 @@ def test_profile_reads_ops_from_a_trace_and_names_their_layers(tmp_path):
     )
     assert xla_profile.layer_of("jit(train_step)/jvp(UNet)/up1/conv1/add") == "up1/conv1"
     assert xla_profile.layer_of("jit(train_step)/add") == "add"
+
+
+def test_default_run_runs_the_readme_command_with_only_the_workdir_replaced():
+    from benchmarks import bench_default_run as bench
+
+    readme = (bench.ROOT / "README.md").read_text()
+    words = bench.readme_train_command(readme)
+    cmd = bench.run_command(words, "/venv/bin/python", "/tmp/x/runs/default", ["total_steps=4"])
+    assert cmd == [
+        "/venv/bin/python", "train.py", "--config", "configs/default.py",
+        "--workdir", "/tmp/x/runs/default", "--config.total_steps=4",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="python train.py"):
+        bench.readme_train_command("# x\n\n```bash\npip install -e .\n```\n")
+
+
+def test_default_run_measures_its_child_and_stops_it_at_the_timeout(tmp_path):
+    from benchmarks import bench_default_run as bench
+
+    log = str(tmp_path / "out")
+    code = "import sys; x = bytearray(300_000_000); x[::4096] = b'1' * len(x[::4096]); sys.exit(3)"
+    usage = bench.timed_run([sys.executable, "-c", code], None, log, timeout_s=60)
+    assert usage["exit_code"] == 3
+    assert usage["peak_rss_gb"] >= 0.3  # the child's 300 MB, not this process's
+    assert usage["minor_page_faults"] >= 300_000_000 / 4096
+    usage = bench.timed_run([sys.executable, "-c", "import time; time.sleep(60)"], None, log, 0.5)
+    assert usage["exit_code"] == -15 and usage["wall_s"] < 30  # SIGTERM at the timeout
+
+
+def test_default_run_reads_the_report_and_judges_the_promise(smoke_run):
+    from benchmarks import bench_default_run as bench
+
+    report = json.loads((smoke_run / "eval" / "report.json").read_text())
+    row = bench.read_run(str(smoke_run))
+    assert row["step"] == report["step"] == 6
+    assert row["mean_iou"] == report["mean_iou"]
+    assert row["class_iou"] == {k: c["iou"] for k, c in report["per_class"].items()}
+    assert len(row["class_iou"]) == 6
+    rates = [json.loads(line).get("images_per_sec") for line in open(smoke_run / "metrics.jsonl")]
+    rates = [r for r in rates if r is not None]
+    assert (row["images_per_s_min"], row["images_per_s_max"]) == (min(rates), max(rates))
+
+    good = {"mean_iou": 0.76, "class_iou": {"purse": 0.31, "sky": None}, "wall_s": 395.0}
+    assert bench.verdict(good, minutes=6, min_miou=0.75, min_class_iou=0.30) == {}
+    bad = {"mean_iou": 0.7499, "class_iou": {"purse": 0.29, "plants": 0.6}, "wall_s": 397.0}
+    assert list(bench.verdict(bad, minutes=6, min_miou=0.75, min_class_iou=0.30)) == [
+        "wall", "mIoU", "purse",
+    ]  # fmt: skip
+    assert bench.clock(359.6) == "6:00" and bench.clock(65) == "1:05"
+    usage = {"wall_s": 301, "user_s": 528, "system_s": 40, "minor_page_faults": 2.5e6}
+    table = bench.table(
+        [{"interpreter": "3.13.0, jax 0.12.0.1", **usage, "peak_rss_gb": 1.1, **row,
+          "missed": {"mIoU": "..."}}]
+    )  # fmt: skip
+    head, rule, line = table.splitlines()
+    assert head.split(" | ")[7:13] == list(row["class_iou"])
+    assert line.startswith("| 3.13.0, jax 0.12.0.1 | **5:01** | 528 | 40 | 2.5 M |")
+    assert line.endswith("| 1.10 GB | missed: mIoU |")
