@@ -1,8 +1,12 @@
 """Tests for jaxseg/checkpointing.py: round trips, retention, errors, crash safety, bit rot."""
 
+import asyncio
+import gc
+import logging
 import os
 import re
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -263,6 +267,14 @@ def _truncate(step_dir):
     open(path, "wb").write(data[: len(data) // 2])
 
 
+def _truncate_every_data_file(step_dir):
+    # A checkpoint cut short as a whole (disk full, a copy interrupted): every read fails, and
+    # orbax abandons the ones in flight when the first fails (`quiet_abandoned_reads`).
+    for path in (step_dir / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def _flip_bytes(step_dir):
     # Bit rot: 8 bytes inverted in the middle of a data file, its size and name unchanged.
     path = _largest_data_file(step_dir)
@@ -279,14 +291,21 @@ def _delete_metadata(step_dir):
 @pytest.mark.parametrize(
     "damage, culprit",
     [
-        (_truncate, r"checkpoints/2/state"),
+        (_truncate, r"checkpoints/2/state/?: Exception: Encountered error while reading array"),
+        (_truncate_every_data_file, r"checkpoints/2/state/?: \w+: "),
         (_flip_bytes, r"checkpoints/2/state array \S+: checksum mismatch"),
         (_delete_metadata, r"checkpoints/2/state/_METADATA: missing or empty"),
     ],
 )
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_latest_checkpoint_is_named_moved_aside_and_the_previous_one_used(
-    tmp_path, mesh, caplog, damage, culprit
+    tmp_path, mesh, caplog, monkeypatch, damage, culprit
 ):
+    # The console shows the damage once, not the late errors of the reads orbax abandoned when
+    # it failed (`quiet_abandoned_reads`, installed here afresh over pytest's own hook).
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    monkeypatch.setattr(checkpointing, "_quieted", False)
     old, new = make_state(1, width=64), make_state(2, width=64)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, old)
@@ -307,6 +326,9 @@ def test_corrupt_latest_checkpoint_is_named_moved_aside_and_the_previous_one_use
     report = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert re.search(r"Checkpoint 2 is corrupt and was moved to \S+corrupt_checkpoints/2\.", report)
     assert re.search(culprit, report), report
+    assert "TensorStore details" not in report and "bound method" not in report  # orbax's noise
+    gc.collect()  # abandoned reads' futures: "exception was never retrieved" when collected
+    assert not [r for r in caplog.records if r.name == "asyncio"]
 
 
 def test_checkpoint_without_checksums_still_restores(tmp_path, mesh):
@@ -400,3 +422,81 @@ def test_a_failed_background_write_raises_naming_the_directory(tmp_path, monkeyp
         ckpt.wait_until_finished()
     monkeypatch.undo()
     ckpt.close()
+
+
+# What orbax's read coroutine does when it is finalized unfinished (compiled under an orbax file
+# name, as `is_abandoned_read` recognises orbax's coroutines by their code's file).
+_ORBAX_LIKE = """
+import types
+
+@types.coroutine
+def _pause():
+    yield
+
+async def _read_array_index_and_device_put():
+    try:
+        await _pause()
+    except GeneratorExit as e:
+        raise Exception("Encountered error while reading array index") from e
+"""
+
+
+def _unraisable_events(make_garbage) -> list:
+    """The `sys.unraisablehook` arguments that collecting what `make_garbage` leaves produces."""
+    events, previous = [], sys.unraisablehook
+    sys.unraisablehook = events.append
+    try:
+        make_garbage()
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    return events
+
+
+def test_reads_abandoned_by_a_failed_restore_stay_off_the_console_and_nothing_else(monkeypatch):
+    closed = asyncio.new_event_loop()
+    closed.close()
+
+    class LateRead:  # a read ending after orbax's loop closed, as tensorstore's callback posts
+        def __del__(self):
+            closed.call_soon_threadsafe(print)
+
+    class OtherError:
+        def __del__(self):
+            raise ValueError("not a checkpoint read")
+
+    def orbax_coroutine():
+        namespace = {}
+        exec(compile(_ORBAX_LIKE, "/site/orbax/checkpoint/serialization.py", "exec"), namespace)
+        coroutine = namespace["_read_array_index_and_device_put"]()
+        coroutine.send(None)  # suspended mid-read, then dropped
+
+    (late,) = _unraisable_events(lambda: LateRead())
+    (coroutine,) = _unraisable_events(orbax_coroutine)
+    (other,) = _unraisable_events(lambda: OtherError())
+    assert str(late.exc_value) == "Event loop is closed"
+    assert checkpointing.is_abandoned_read(late)
+    assert checkpointing.is_abandoned_read(coroutine)
+    assert not checkpointing.is_abandoned_read(other)
+
+    # Installed once, the hook drops the two and passes the rest to the hook it wraps.
+    passed = []
+    monkeypatch.setattr(sys, "unraisablehook", passed.append)
+    monkeypatch.setattr(checkpointing, "_quieted", False)
+    asyncio_logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_logger, "filters", [])
+    checkpointing.quiet_abandoned_reads()
+    checkpointing.quiet_abandoned_reads()
+    for event in (late, coroutine, other):
+        sys.unraisablehook(event)
+    assert passed == [other]
+
+    def record(message):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
+
+    never = "Future exception was never retrieved\nfuture: <Future finished exception=ValueError("
+    (kept_filter,) = asyncio_logger.filters
+    read = never + "'OUT_OF_RANGE: Error reading ... [tensorstore_spec=...]')>"
+    assert not kept_filter.filter(record(read))
+    assert kept_filter.filter(record(never + "'a bug of ours')>"))
+    assert kept_filter.filter(record("Executing <Task ...> took 0.2 seconds"))
