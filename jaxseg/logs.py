@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from absl import flags
 from absl import logging as absl_logging
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +33,13 @@ def _is_ours(pathname: str) -> bool:
 BENIGN_LIBRARY_WARNINGS = (
     "Given directory is read only",  # evaluation opens the checkpoints read-only on purpose
     "Requested `tracked_metric`; did not provide metrics",  # saves between evals carry no mIoU
+    # tensorflow-datasets: every builder config but the default, i.e. each data set size a
+    # config sets (the synthetic scenes' sizes, the image folders).
+    "Using custom data configuration",
+    # tensorflow-datasets decodes images with PIL without OpenCV: the loader's throughput and
+    # worker count were measured that way (BENCHMARKS.md, "Input pipeline"); the README's first
+    # command printed this as its only warning.
+    "OpenCV is not installed",
 )
 
 
@@ -70,3 +78,14 @@ def route_library_logs(log_file: str | os.PathLike | None = None) -> None:
         )
     )
     root.addHandler(file_handler)
+
+
+def route_worker_logs(worker_index: int, worker_count: int) -> None:
+    """Grain's `worker_init_fn` for the loader's worker processes: their console filtered like
+    the main process's (`route_library_logs`, no file). A spawned worker starts without absl's
+    handler, so each one printed the libraries' warnings again, in Python's bare format."""
+    del worker_index, worker_count
+    if not flags.FLAGS.is_parsed():  # else absl's first line: "Logging before flag parsing ..."
+        flags.FLAGS.mark_as_parsed()
+    absl_logging.use_absl_handler()
+    route_library_logs()

@@ -109,7 +109,7 @@ def test_two_hosts_read_disjoint_halves_of_the_global_batch(cfg):
             np.testing.assert_array_equal(joined, single[step][key])
 
 
-def test_one_and_two_loader_workers_give_identical_batches(cfg):
+def test_one_and_two_loader_workers_give_identical_batches(cfg, capfd):
     threads = _take(_host(cfg, seed=5, start_step=3, workers=0), 3)
     processes = _take(_host(cfg, seed=5, start_step=3, workers=2), 3)
     one = _take(_host(cfg, seed=5, start_step=3, workers=1), 3)
@@ -117,6 +117,10 @@ def test_one_and_two_loader_workers_give_identical_batches(cfg):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
             np.testing.assert_array_equal(a[key], c[key])
+    # The workers' consoles are filtered like the main process's (jaxseg.logs.route_worker_logs):
+    # tfds's words for the custom data set size were printed again by each worker.
+    console = capfd.readouterr().err
+    assert "custom data configuration" not in console and "WARNING:absl" not in console, console
 
 
 @pytest.mark.parametrize(

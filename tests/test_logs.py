@@ -2,8 +2,11 @@
 
 import logging
 import os
+import subprocess
+import sys
 
 import orbax.checkpoint
+from conftest import REPO
 
 from jaxseg import logs
 
@@ -28,3 +31,30 @@ def test_console_filter_keeps_our_info_and_real_library_warnings():
     ):
         record = logging.LogRecord("absl", logging.WARNING, orbax_file, 1, message, args, None)
         assert not console.filter(record)
+    # tensorflow-datasets' words for the data set sizes a config sets and for decoding with PIL.
+    tfds_file = "/site-packages/tensorflow_datasets/core/dataset_builder.py"
+    for message in (
+        "Using custom data configuration: SyntheticScenesConfig(name='s128_train64_val24_seed0')",
+        "OpenCV is not installed. We recommend using OpenCV because it is faster ...",
+    ):
+        assert not console.filter(_record(tfds_file, logging.WARNING, message))
+    assert console.filter(_record(tfds_file, logging.WARNING, "Dataset is using deprecated text"))
+
+
+def test_a_loader_worker_console_shows_real_warnings_once_formatted_like_the_main_one():
+    # What grain runs first in each spawned loader worker: a fresh process without absl's handler.
+    code = (
+        "import logging\n"
+        "from jaxseg import logs\n"
+        "logs.route_worker_logs(0, 2)\n"
+        "logging.getLogger('absl').warning('OpenCV is not installed. We recommend OpenCV.')\n"
+        "logging.getLogger('absl').warning('a record %s could not be read', 17)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("W") and lines[0].endswith("] a record 17 could not be read")

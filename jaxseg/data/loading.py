@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from jax.experimental import multihost_utils
 
-from jaxseg import backend
+from jaxseg import backend, logs
 from jaxseg.data import augment, datasets, precomputed, weight_maps
 from jaxseg.data.builders import image_folder
 from jaxseg.labels import IGNORE_ID
@@ -469,7 +469,10 @@ def host_batches(
         # never parsed, and the defaults are what we want.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        dataset = dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers),
+            worker_init_fn=logs.route_worker_logs,
+        )
     return iter(dataset)
 
 
