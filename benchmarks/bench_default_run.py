@@ -37,10 +37,10 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import common, side_by_side
 from jaxseg.workdir import RunDir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(side_by_side.ROOT)
 ABOUT = 1.10  # "about N minutes": at most 10% over
 
 
