@@ -3,10 +3,11 @@ r"""The README's first command: the synthetic-scenes recipe, a padded U-Net, off
   python train.py --config configs/default.py --workdir runs/default
 
 Builds the data set (3000 + 300 images) and trains a depth-3 U-Net for 1600 steps of batch 8 in
-5-5.5 minutes on a 2-core AVX-512 CPU; the result it should reach is a validation mean IoU of
-about 0.76 over the 6 classes (background, person, purse, plants, sidewalk, building), every
-class above 0.5 IoU. Measured wall time and metrics, command and host: BENCHMARKS.md, sections
-"Default config ...: wall time and result" (how each choice below was made: the tables there).
+4:47-5:38 minutes (four sittings) on a 2-core AVX-512 CPU; the result it should reach is a
+validation mean IoU of about 0.76 over the 6 classes (background, person, purse, plants, sidewalk,
+building), every class above 0.5 IoU. Measured wall time and metrics, command and host:
+BENCHMARKS.md, sections "Default config ...: wall time and result" (how each choice below was made:
+the tables there).
 
 The recipe, on top of configs/base.py: a U-Net one level shallower than base's, whose cheaper
 steps buy more of them in the same time, small batches for more updates in the budget, the purse
